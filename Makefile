@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (the main job on the embedded default) and
+# `make test`. Each creates .venv and installs the project into it when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing mmw2s and its dependencies into $(VENV) (torch and friends: a few minutes the first time)..."
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mmw2s world out=$(DEMO_OUT)/world
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,276 @@
+"""Typed configs: YAML files and `key.sub=value` overrides loaded into dataclass schemas.
+
+Every stage declares its config as a tree of dataclasses (plain types, `field(metadata={"help": ...})`).
+`load_config` reads the stage's YAML, applies command-line overrides on top, and validates the
+result against the schema once, before any work starts: an unknown key, a wrong type or a missing
+required value raises `ConfigError` naming the file, the key, the expected type and, for a typo,
+the closest valid key. Nothing downstream ever sees an untyped dict of options.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+MISSING = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A config file or override does not match the stage's schema."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(schema: type[T], path: str | os.PathLike | None = None,
+                overrides: Iterable[str] = ()) -> T:
+    """Load `path` (YAML) into `schema`, with `key.sub=value` overrides applied on top.
+
+    Values of overrides are parsed as YAML scalars (`seed=3` is an int, `out=runs/a` a str,
+    `web.samples=1e3` is rejected for an int key). Raises `ConfigError` on any mismatch.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw = read_yaml(path) if path is not None else {}
+    # Validate the file alone first, then each override, so that an error names where the
+    # bad value came from; required keys are checked last (an override may supply them).
+    build(schema, raw, source, require=False)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+        build(schema, raw, f"command-line override '{item}'", require=False)
+    return build(schema, raw, source + (" + overrides" if overrides else ""))
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping; a missing file or a non-mapping top level is a `ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exn:
+        raise ConfigError(f"{p}: not valid YAML: {exn}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`"a.b=3"` -> `("a.b", 3)`; the value is read as a YAML scalar."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. seed=3)")
+    key, text = item.split("=", 1)
+    key = key.strip().removeprefix("--")
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set `tree[a][b] = value` for `key="a.b"`, creating mappings on the way."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def build(schema: type[T], raw: dict, source: str, prefix: str = "", require: bool = True) -> T:
+    """Validate the mapping `raw` against the dataclass `schema` and instantiate it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: key '{prefix.rstrip('.') or '<top>'}' expects a mapping "
+                          f"of {schema.__name__} fields, got {_show(raw)}")
+    hints = get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(schema, prefix, key, source))
+    kwargs, missing = {}, []
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = coerce(raw[name], hints[name], prefix + name, source, require)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            missing.append(name)
+    if missing and require:
+        name = missing[0]
+        raise ConfigError(f"{source}: missing required key '{prefix + name}' "
+                          f"(expected {type_name(hints[name])})")
+    if missing:
+        return None  # type: ignore[return-value]  # a partial check: an override may supply it
+    obj = schema(**kwargs)
+    check = getattr(obj, "validate", None)
+    if require and callable(check):
+        try:
+            check()
+        except ValueError as exn:
+            raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {exn}") from None
+    return obj
+
+
+def coerce(value: Any, tp: Any, where: str, source: str, require: bool = True) -> Any:
+    """Check (and minimally convert) `value` against the type annotation `tp`."""
+    def fail() -> ConfigError:
+        return ConfigError(f"{source}: key '{where}' expects {type_name(tp)}, got {_show(value)}")
+
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value if value is not None else {}, source, where + ".", require)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option, where, source)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{source}: key '{where}' expects one of "
+                          f"{', '.join(map(repr, get_args(tp)))}, got {_show(value)}"
+                          + _suggest(str(value), [str(a) for a in get_args(tp)]))
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [coerce(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail()
+        _, val_tp = get_args(tp) or (Any, Any)
+        return {str(k): coerce(v, val_tp, f"{where}.{k}", source) for k, v in value.items()}
+    return _coerce_scalar(value, tp, fail)
+
+
+def _coerce_scalar(value: Any, tp: Any, fail) -> Any:
+    # bool is a subclass of int in Python; `samples: true` is a mistake, not the number 1.
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `out=123` on the command line is still a path
+        raise fail()
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise fail()
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of a type annotation: `int`, `str or null`, `list of float`."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        names = [type_name(a) for a in get_args(tp) if a is not type(None)]
+        nullable = type(None) in get_args(tp)
+        return " or ".join(names) + (" or null" if nullable else "")
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, get_args(tp)))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict:
+        args = get_args(tp)
+        return f"mapping of str to {type_name(args[1])}" if args else "mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) < 60 else text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown_key_message(schema: type, prefix: str, key: str, source: str) -> str:
+    # Suggest among every dotted key of the whole level, so `web.sampels` -> `web.samples`
+    # and a key put at the wrong depth (`samples` at top) -> `web.samples`.
+    candidates = [k for k, *_ in describe(schema)]
+    local = [f.name for f in dataclasses.fields(schema)]
+    hint = _suggest(key, local) or _suggest(prefix + key, [prefix + c for c in candidates])
+    valid = ", ".join(local)
+    return (f"{source}: unknown key '{prefix}{key}'{hint}. "
+            f"Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {valid}")
+
+
+# --------------------------------------------------------------------------------------------
+# Introspection and saving
+
+
+def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf key of `schema` as `(dotted key, type name, default, help)`; for `--help`."""
+    rows = []
+    hints = get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key + "."))
+            continue
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append((key, type_name(tp), default, f.metadata.get("help", "")))
+    return rows
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, folder: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to a stage's output (atomically) and return its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
