@@ -1,0 +1,180 @@
+"""The weak-to-strong report: models x benchmarks, PGR per benchmark, and plots.
+
+Performance gap recovered (Burns et al. 2023): PGR = (student - weak) / (ceiling - weak), where
+`weak` is the best weak teacher on that benchmark and `ceiling` the student trained on gold labels.
+PGR is 0 when the student only matches its teacher and 1 when it reaches the ceiling. Where the
+ceiling does not exceed the weak teacher the gap is empty and PGR is undefined: it is reported as
+such (None, "n/a"), never as a number.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+# The one number per (model, benchmark) that the report compares. Classification: top-1 accuracy;
+# retrieval: the mean of image->text and text->image recall@1 (both directions matter for CLIP).
+RETRIEVAL_HEADLINE = ("image_retrieval_recall@1", "text_retrieval_recall@1")
+
+
+def headline(metrics: Mapping[str, float]) -> float | None:
+    """The headline number of one results JSON's `metrics`."""
+    if "acc1" in metrics:
+        return float(metrics["acc1"])
+    if all(k in metrics for k in RETRIEVAL_HEADLINE):
+        return float(sum(metrics[k] for k in RETRIEVAL_HEADLINE) / len(RETRIEVAL_HEADLINE))
+    if "accuracy" in metrics:
+        return float(metrics["accuracy"])
+    return None
+
+
+def pgr(student: float | None, weak: float | None, ceiling: float | None,
+        min_gap: float = 1e-6) -> float | None:
+    """(student - weak) / (ceiling - weak), or None when the gap is empty or a value is missing."""
+    if student is None or weak is None or ceiling is None:
+        return None
+    gap = ceiling - weak
+    if gap <= min_gap:
+        return None
+    return (student - weak) / gap
+
+
+def pgr_table(scores: Mapping[str, Mapping[str, float | None]], weak_models: Sequence[str],
+              students: Sequence[str], ceiling: str) -> dict[str, dict[str, float | None]]:
+    """PGR of each student per benchmark against the best weak teacher on that benchmark.
+
+    `scores[model][benchmark]` are headline numbers. Returns `{student: {benchmark: pgr, "mean": m}}`
+    where the mean is over benchmarks with a defined PGR (None if there is none).
+    """
+    benchmarks = sorted({b for m in scores.values() for b in m})
+    table: dict[str, dict[str, float | None]] = {}
+    for student in students:
+        row: dict[str, float | None] = {}
+        for bench in benchmarks:
+            weak = best_weak(scores, weak_models, bench)
+            row[bench] = pgr(scores.get(student, {}).get(bench), weak,
+                             scores.get(ceiling, {}).get(bench))
+        defined = [v for v in row.values() if v is not None]
+        row["mean"] = sum(defined) / len(defined) if defined else None
+        table[student] = row
+    return table
+
+
+def best_weak(scores: Mapping[str, Mapping[str, float | None]], weak_models: Iterable[str],
+              bench: str) -> float | None:
+    """The best weak teacher's score on `bench` (the bar the student must clear)."""
+    values = [scores.get(m, {}).get(bench) for m in weak_models]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean and sample standard deviation over seeds, ignoring undefined values."""
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    if not defined:
+        return None, None, 0
+    std = statistics.stdev(defined) if len(defined) > 1 else 0.0
+    return statistics.fmean(defined), std, len(defined)
+
+
+def fmt(value: float | None, std: float | None = None, pct: bool = True) -> str:
+    """`0.4312` -> `43.1`; with std `43.1 ± 2.0`; None -> `n/a`."""
+    if value is None:
+        return "n/a"
+    scale = 100.0 if pct else 1.0
+    text = f"{value * scale:.1f}" if pct else f"{value:.2f}"
+    if std is not None:
+        text += f" ± {std * scale:.1f}" if pct else f" ± {std:.2f}"
+    return text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg: no display on servers)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pgr(pgr_rows: Mapping[str, Mapping[str, tuple[float | None, float | None]]],
+             path: Path) -> Path:
+    """Grouped bars of PGR per benchmark for each student (error bars = std over seeds)."""
+    plt = _pyplot()
+    students = list(pgr_rows)
+    benchmarks = [b for b in next(iter(pgr_rows.values())) if b != "mean"] + ["mean"]
+    width = 0.8 / max(1, len(students))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(benchmarks) + 2), 3.8))
+    for i, student in enumerate(students):
+        xs, ys, errs = [], [], []
+        for j, bench in enumerate(benchmarks):
+            mean, std = pgr_rows[student].get(bench, (None, None))
+            if mean is not None:
+                xs.append(j + i * width)
+                ys.append(mean)
+                errs.append(std or 0.0)
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=student)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axhline(1, color="gray", lw=0.8, ls="--")
+    ax.set_xticks([j + width * (len(students) - 1) / 2 for j in range(len(benchmarks))])
+    ax.set_xticklabels(benchmarks, rotation=30, ha="right")
+    ax.set_ylabel("performance gap recovered")
+    ax.set_title("PGR per benchmark (0 = weak teacher, 1 = gold ceiling)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path,
+                title: str = "training loss") -> Path:
+    """Loss against step, one line per run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, points in curves.items():
+        if points:
+            steps, losses = zip(*points)
+            ax.plot(steps, losses, label=name, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(xs: Sequence[float], series: Mapping[str, Sequence[tuple[float | None, float | None]]],
+               path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """A sweep plot: one line per series, mean with a std band (for the experiment configs)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, points in series.items():
+        pts = [(x, m, s or 0.0) for x, (m, s) in zip(xs, points) if m is not None]
+        if not pts:
+            continue
+        x, m, s = zip(*pts)
+        ax.plot(x, m, marker="o", label=name)
+        ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
