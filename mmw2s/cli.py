@@ -45,8 +45,10 @@ def _keys_help(stage: Stage) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mmw2s` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Our own packages speak at INFO; libraries (open_clip logs every load at INFO) only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mmw2s", "data_pipelines", "models"):
+        logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
     stage = STAGES[args.stage]
     try:
         cfg = load_config(stage.load_schema(), args.config or stage.default_config_path,
