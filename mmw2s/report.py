@@ -24,8 +24,9 @@ def headline(metrics: Mapping[str, float]) -> float | None:
         return float(metrics["acc1"])
     if all(k in metrics for k in RETRIEVAL_HEADLINE):
         return float(sum(metrics[k] for k in RETRIEVAL_HEADLINE) / len(RETRIEVAL_HEADLINE))
-    if "accuracy" in metrics:
-        return float(metrics["accuracy"])
+    for key in ("acc", "accuracy"):  # caption selection (relation), VQA
+        if metrics.get(key) is not None:
+            return float(metrics[key])
     return None
 
 

@@ -31,6 +31,8 @@ def run(cfg: WorldConfig) -> dict:
 def write_preview(split_dir: Path, path: Path, n: int = PREVIEW_SAMPLES) -> Path | None:
     """A contact sheet of the first web samples with their alt-text and noise type."""
     samples = []
+    if not any(split_dir.glob("*.tar")):
+        return None
     for sample in iter_samples(str(split_dir)):
         samples.append(sample)
         if len(samples) == n:

@@ -1,0 +1,1 @@
+"""`mmw2s eval`: zero-shot evaluation (see `run`, `tasks`, `metrics`, `scorers`, `adapters`)."""

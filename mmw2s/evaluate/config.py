@@ -1,0 +1,95 @@
+"""Config schema of `mmw2s eval` (kept light: no torch import, `mmw2s --help` loads it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
+
+MODEL_KINDS = ("dual_encoder", "captioner", "filter")
+
+
+@dataclass
+class ModelEntry:
+    """One model of the results table: a dual encoder, a captioner or an ITM filter."""
+
+    name: str = field(metadata={"help": "label in result files and tables (e.g. weak_captioner, student)"})
+    kind: Literal["dual_encoder", "captioner", "filter"] = field(
+        metadata={"help": "dual_encoder: cosine of embeddings; captioner: log-likelihood of the text "
+                          "given the image, plus greedy captions; filter: BLIP ITM/ITC score of each pair"})
+    path: Optional[str] = field(
+        default=None, metadata={"help": "a saved model: captioner/filter folder, or dual-encoder "
+                                        "checkpoint (same as spec.name / spec.pretrained / 'local-dir:' "
+                                        "in the spec; this wins when both are given)"})
+    dual_encoder: DualEncoderSpec = field(
+        default_factory=DualEncoderSpec, metadata={"help": "the open_clip model when kind=dual_encoder"})
+    captioner: CaptionerSpec = field(
+        default_factory=CaptionerSpec, metadata={"help": "the captioner when kind=captioner"})
+    filter: ItmSpec = field(default_factory=ItmSpec, metadata={"help": "the BLIP ITM model when kind=filter"})
+
+    def validate(self) -> None:
+        """Raise ValueError for a name unusable in file names."""
+        if not self.name or any(c in self.name for c in "/\\ ") or "__" in self.name:
+            raise ValueError(f"model name {self.name!r} must be non-empty, without '/', spaces or '__' "
+                             "(it keys result files MODEL__BENCHMARK.json)")
+
+
+@dataclass
+class PairwiseConfig:
+    """Limits for pairwise scorers (captioners, ITM), which score every image-text pair."""
+
+    max_templates: int = field(
+        default=4, metadata={"help": "prompts per class scored by a pairwise scorer (evenly spread "
+                                     "over the benchmark's templates); dual encoders use all"})
+    retrieval_images: int = field(
+        default=100, metadata={"help": "retrieval with a pairwise scorer runs on the first N images "
+                                       "and their captions (0: all, costly: N x ~3N pairs)"})
+    length_norm: bool = field(
+        default=True, metadata={"help": "captioner score = mean log-likelihood per token (True) or "
+                                        "the sum over tokens (False)"})
+    caption_max_new_tokens: int = field(default=30, metadata={"help": "longest greedy caption in tokens"})
+    text_chunk: int = field(
+        default=2048, metadata={"help": "image-text pairs per forward pass of a pairwise scorer (memory)"})
+
+    def validate(self) -> None:
+        """Raise ValueError for non-positive limits."""
+        if self.max_templates < 1 or self.retrieval_images < 0 or self.text_chunk < 1:
+            raise ValueError("pairwise.max_templates and text_chunk must be >= 1, retrieval_images >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """`mmw2s eval`: every model on every benchmark, one CLIP_benchmark-style JSON per pair."""
+
+    out: str = field(metadata={"help": "output folder: MODEL__BENCHMARK.json, results.jsonl, summary.json, "
+                                       "results.md"})
+    models: list[ModelEntry] = field(
+        default_factory=list, metadata={"help": "models to evaluate (name, kind, path and/or spec)"})
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["world:color", "world:shape", "world:size", "world:position",
+                                 "world:count", "world:relation", "world:retrieval", "world:captions"],
+        metadata={"help": "world:<color|shape|size|position|count|relation|retrieval|captions>, "
+                          "wds:/clip_benchmark/folder, imagefolder:/folder"})
+    world: Optional[str] = field(default=None, metadata={"help": "world folder (its test/ split) for world:* "
+                                                                 "benchmarks"})
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda[:N]"})
+    recall_k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "k of retrieval recall@k"})
+    limit: Optional[int] = field(default=None, metadata={"help": "at most this many examples per benchmark "
+                                                                 "(smoke runs; null: all)"})
+    overwrite: bool = field(default=False, metadata={"help": "redo results whose JSON exists"})
+    pairwise: PairwiseConfig = field(default_factory=PairwiseConfig,
+                                     metadata={"help": "limits for captioner / ITM scoring"})
+
+    def validate(self) -> None:
+        """Raise ValueError for duplicate model names or settings no run can use."""
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {dupes}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if any(k < 1 for k in self.recall_k):
+            raise ValueError(f"recall_k must be positive, got {self.recall_k}")
+        if any(b.startswith("world:") for b in self.benchmarks) and not self.world:
+            raise ValueError("world:* benchmarks need world=DIR (the folder `mmw2s world` wrote)")

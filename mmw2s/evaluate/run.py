@@ -1,0 +1,178 @@
+"""`mmw2s eval`: every model on every benchmark; one CLIP_benchmark-style JSON per (model, benchmark).
+
+Outputs under ``out``: ``MODEL__BENCHMARK.json`` (skipped on rerun when it exists: the artifact is
+keyed by model and benchmark), then ``results.jsonl`` (all results of this config, one per line),
+``summary.json`` (model -> benchmark -> metrics) and ``results.md`` (the table).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Iterable
+
+from data_pipelines.benchmarks import (
+    CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, load_benchmark, load_world_test,
+    world_suite,
+)
+from data_pipelines.shards import write_json_atomic
+from mmw2s.config import save_config
+from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig
+from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
+from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
+
+log = logging.getLogger(__name__)
+
+HEADLINE = {CLASSIFICATION: ["acc1"], SELECTION: ["acc"],
+            RETRIEVAL: ["image_retrieval_recall@5", "text_retrieval_recall@5"],
+            CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"]}
+SHORT = {"acc1": "acc1", "acc": "acc", "image_retrieval_recall@5": "T2I R@5",
+         "text_retrieval_recall@5": "I2T R@5", "exact_match": "exact", "object_recall": "obj recall",
+         "hallucination_rate": "halluc."}
+
+
+class BenchmarkCache:
+    """Builds each benchmark once per run; world suites share one read of the test split."""
+
+    def __init__(self, world: str | None = None) -> None:
+        self.world = world
+        self._items: list[dict] | None = None
+        self._built: dict[str, Benchmark] = {}
+
+    def get(self, spec: str | Benchmark) -> Benchmark:
+        """The benchmark of a spec string (or the benchmark itself)."""
+        if isinstance(spec, Benchmark):
+            return spec
+        if spec not in self._built:
+            if spec.startswith("world:") and self.world:
+                if self._items is None:
+                    self._items = load_world_test(self.world)
+                self._built[spec] = world_suite(self.world, spec.split(":", 1)[1], self._items)
+            else:
+                self._built[spec] = load_benchmark(spec, self.world)
+        return self._built[spec]
+
+
+def slug(benchmark: str) -> str:
+    """A file-name-safe id of a benchmark spec: ``world:color`` -> ``world-color``."""
+    kind, _, arg = benchmark.partition(":")
+    if kind in ("wds", "imagefolder"):
+        arg = Path(arg.rstrip("/")).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{kind}-{arg}" if arg else kind).strip("-")
+
+
+def result_path(out: str | Path, model: str, benchmark: str) -> Path:
+    """``out/MODEL__BENCHMARK.json``."""
+    return Path(out) / f"{model}__{slug(benchmark)}.json"
+
+
+def _clean(metrics: dict) -> dict:
+    """NaN -> None, so the JSON is strict (CLIP_benchmark itself writes NaN)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def evaluate_one(scorer: Scorer, bench: Benchmark, spec: str, settings: TaskSettings, kind: str = "") -> dict:
+    """One result record in CLIP_benchmark's shape, plus ``model_kind``, ``details``, ``seconds``,
+    ``cpu_seconds`` and, for a pair that makes no sense, ``skipped`` (with empty metrics)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    record = {"dataset": spec, "model": scorer.name, "pretrained": scorer.pretrained, "task": bench.task,
+              "language": "en", "model_kind": kind or ("pairwise" if isinstance(scorer, PairwiseScorer) else "embedding")}
+    try:
+        metrics, details = run_task(scorer, bench, settings)
+        record.update(metrics=_clean(metrics), details={**details, "notes": _notes(bench, details)})
+    except Skipped as exn:
+        record.update(metrics={}, skipped=str(exn), details={})
+    # CPU time too: wall time on a shared machine says little about the cost of a model.
+    record.update(seconds=round(time.perf_counter() - start, 2), cpu_seconds=round(time.process_time() - cpu, 2))
+    return record
+
+
+def _notes(bench: Benchmark, details: dict) -> str:
+    return "; ".join(n for n in (bench.notes, details.get("notes", "")) if n)
+
+
+def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchmark], out_dir: str | Path,
+                   settings: TaskSettings | None = None, world: str | None = None, device: str = "auto",
+                   pairwise: PairwiseConfig = PairwiseConfig(), overwrite: bool = False,
+                   cache: BenchmarkCache | None = None) -> dict[str, dict]:
+    """Evaluate one model (a scorer, or a config entry built lazily) on ``benchmarks``.
+
+    Writes ``out_dir/MODEL__BENCHMARK.json`` per benchmark, reusing files that exist unless
+    ``overwrite``; returns benchmark -> metrics (``{}`` for a skipped pair). The model is only
+    loaded when some result is missing.
+    """
+    settings = settings or _settings(pairwise)
+    cache = cache or BenchmarkCache(world)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = model.name
+    results, scorer = {}, model if isinstance(model, Scorer) else None
+    for spec in benchmarks:
+        key = spec if isinstance(spec, str) else spec.name
+        path = result_path(out_dir, name, key)
+        if path.exists() and not overwrite:
+            log.info("%s exists: skipped", path)
+            results[key] = json.loads(path.read_text())["metrics"]
+            continue
+        if scorer is None:
+            from mmw2s.evaluate.adapters import build_scorer  # loads torch and the models
+
+            scorer = build_scorer(model, device, pairwise)
+        kind = model.kind if isinstance(model, ModelEntry) else ""
+        record = evaluate_one(scorer, cache.get(spec), key, settings, kind)
+        write_json_atomic(path, record)
+        log.info("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
+        results[key] = record["metrics"]
+    return results
+
+
+def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSettings:
+    kwargs = dict(pairwise_max_templates=pairwise.max_templates, pairwise_retrieval_images=pairwise.retrieval_images)
+    if cfg is not None:
+        kwargs.update(batch_size=cfg.batch_size, recall_k=tuple(cfg.recall_k), limit=cfg.limit)
+    return TaskSettings(**kwargs)
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Evaluate every model of ``cfg`` on every benchmark; write the per-pair JSONs and the summary."""
+    out = Path(cfg.out)
+    save_config(cfg, out)
+    cache = BenchmarkCache(cfg.world)
+    settings = _settings(cfg.pairwise, cfg)
+    for entry in cfg.models:
+        evaluate_model(entry, cfg.benchmarks, out, settings, device=cfg.device, pairwise=cfg.pairwise,
+                       overwrite=cfg.overwrite, cache=cache)
+    records = [json.loads(result_path(out, m.name, b).read_text()) for m in cfg.models for b in cfg.benchmarks]
+    return write_summary(records, out)
+
+
+def write_summary(records: list[dict], out: Path) -> dict:
+    """``results.jsonl``, ``summary.json`` and ``results.md`` of these records; returns the summary."""
+    (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    summary: dict = {}
+    for r in records:
+        summary.setdefault(r["model"], {})[r["dataset"]] = r["metrics"] or {"skipped": r.get("skipped", "")}
+    write_json_atomic(out / "summary.json", summary)
+    (out / "results.md").write_text(markdown_table(records))
+    print(markdown_table(records))
+    return summary
+
+
+def markdown_table(records: list[dict]) -> str:
+    """Models as rows, each benchmark's headline metrics (in %) as columns; '-' where skipped."""
+    columns: list[tuple[str, str]] = []
+    for r in records:
+        for metric in HEADLINE.get(r["task"], []):
+            if (r["dataset"], metric) not in columns:
+                columns.append((r["dataset"], metric))
+    models = list(dict.fromkeys(r["model"] for r in records))
+    cell = {(r["model"], r["dataset"], m): v for r in records for m, v in r["metrics"].items()}
+    head = "| model | " + " | ".join(f"{d} {SHORT.get(m, m)}" for d, m in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
+    for model in models:
+        values = [cell.get((model, d, m)) for d, m in columns]
+        lines.append(f"| {model} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
