@@ -1,0 +1,146 @@
+"""The models of a bootstrap run, as the plain callables the stages take.
+
+`CapFilt` wraps a `models.Captioner` and a filter (`models.DualEncoder` for the CLIP score,
+`models.BlipItmFilter` for ITM / ITC) and offers:
+
+- `preprocessor`: PIL images -> CPU tensors for both models; it runs in data-loader workers, so it
+  holds only image processors, never a model, and never touches the GPU;
+- `caption(inputs, seed)`: N synthetic captions per image, seeded per batch (N = 0: no captioner
+  at all, the web captions are only filtered, the "filtered" baseline);
+- `score(inputs, texts)`: a score per (image, candidate caption), each image encoded ONCE for its
+  web caption and all its synthetic captions (the models API's `score_candidates` repeats the
+  image per candidate, which multiplies the vision tower's cost by N + 1).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from mmw2s.bootstrap.config import BootstrapConfig
+
+
+class Preprocessor:
+    """Images -> `{"captioner": (B,3,H,W), "filter": (B,3,H',W')}` float CPU tensors."""
+
+    def __init__(self, captioner_processor: Any = None, filter_processor: Any = None, filter_transform: Any = None):
+        self.captioner_processor = captioner_processor  # None: no captioner (filter only)
+        self.filter_processor = filter_processor  # an HF image processor (BLIP ITM), or
+        self.filter_transform = filter_transform  # a per-image torchvision transform (open_clip)
+
+    def __call__(self, images: list) -> dict:
+        rgb = [im.convert("RGB") for im in images]
+        out = {}
+        if self.captioner_processor is not None:
+            out["captioner"] = self.captioner_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        if self.filter_transform is not None:
+            out["filter"] = torch.stack([self.filter_transform(im) for im in rgb])  # (B, 3, H, W)
+        else:
+            out["filter"] = self.filter_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return out
+
+
+class CapFilt:
+    """Captioner + filter on one device, with bf16 autocast on CUDA when asked."""
+
+    def __init__(self, captioner: Any | None, filt: Any, kind: str, decoding: Any, device: torch.device,
+                 bf16: bool = True, names: tuple[str | None, str] = ("", "")):
+        self.captioner, self.filter, self.kind, self.decoding = captioner, filt, kind, decoding
+        self.device = torch.device(device)
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.captioner_name, self.filter_name = names
+        self.mode = filt.mode if kind == "blip" else "clip"
+        for wrapper in (captioner, filt):
+            if wrapper is not None:
+                wrapper.model.to(self.device).eval()
+        image_processor = captioner.image_processor if captioner is not None else None
+        if kind == "clip":
+            self.preprocessor = Preprocessor(image_processor, filter_transform=filt.preprocess_val)
+        else:
+            self.preprocessor = Preprocessor(image_processor, filter_processor=filt.image_processor)
+
+    @classmethod
+    def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
+        """Load the captioner and filter a config names (hub ids, local folders, saved models)."""
+        from models import build_captioner, build_filter, list_captioners
+
+        generate = cfg.decoding.num_captions > 0
+        for what, name in (("captioner.name", cfg.captioner.name if generate else None),
+                           ("filter.itm.name", cfg.filter.itm.name if cfg.filter.kind == "blip" else None)):
+            if name in list_captioners():
+                raise ValueError(f"{what}={name!r} names an untrained from-scratch config; bootstrap needs "
+                                 "trained weights: a hub id or a folder saved by `mmw2s train`")
+        captioner = build_captioner(cfg.captioner) if generate else None
+        spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
+        filt = build_filter(spec)
+        if cfg.filter.kind == "clip":
+            filter_name = spec.arch + (f":{spec.pretrained}" if spec.pretrained else "")
+        else:
+            filter_name = spec.name
+        return cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
+                   names=(cfg.captioner.name if generate else None, filter_name))
+
+    def provenance(self, cfg: BootstrapConfig) -> dict:
+        """The fixed fields of every sample's `mmw2s` block."""
+        return {"captioner": {"name": self.captioner_name, "decoding": asdict(self.decoding)},
+                "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def caption(self, inputs: dict, seed: int) -> list[list[str]]:
+        """`decoding.num_captions` captions per image of the batch (none without a captioner)."""
+        d = self.decoding
+        if self.captioner is None:
+            return [[] for _ in range(len(inputs["filter"]))]
+        pixels = inputs["captioner"].to(self.device, non_blocking=True)
+        with self._autocast():
+            return self.captioner.generate(
+                pixels, num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
+                max_new_tokens=d.max_new_tokens, min_new_tokens=d.min_new_tokens, seed=seed)
+
+    @torch.inference_mode()
+    def score(self, inputs: dict, texts: list[list[str]]) -> list[list[float]]:
+        """The filter score of every candidate caption of every image, in the given order."""
+        pixels = inputs["filter"].to(self.device, non_blocking=True)  # (B, 3, H, W)
+        counts = torch.tensor([len(t) for t in texts], device=self.device)
+        owner = torch.repeat_interleave(torch.arange(len(texts), device=self.device), counts)  # (T,)
+        flat = [t for row in texts for t in row]
+        with self._autocast():
+            if self.kind == "clip":
+                scores = self._clip(pixels, flat, owner)
+            elif self.mode == "itc":
+                scores = self.filter.itc_similarity(pixels, flat)[owner, torch.arange(len(flat))]  # (T,)
+            else:
+                scores = self._itm(pixels, flat, owner)
+        values = scores.float().cpu().tolist()
+        out, start = [], 0
+        for n in counts.tolist():
+            out.append(values[start:start + n])
+            start += n
+        return out
+
+    def _clip(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> torch.Tensor:
+        """CLIP score: cosine of each text with its image, the image encoded once."""
+        image = self.filter.encode_image(pixels)  # (B, D), normalized
+        text = self.filter.encode_text(texts)  # (T, D), normalized
+        return (image[owner] * text).sum(dim=-1)  # (T,)
+
+    def _itm(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> torch.Tensor:
+        """ITM match probability, the ViT run once per image.
+
+        The same computation as `BlipForImageTextRetrieval.forward(use_itm_head=True)`, with the
+        vision states repeated per candidate instead of the pixels.
+        """
+        model = self.filter.model
+        states = model.vision_model(pixel_values=pixels).last_hidden_state[owner]  # (T, N, D)
+        atts = torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)  # (T, N)
+        tokens = self.filter.tokenize(texts)  # input_ids, attention_mask: (T, L)
+        hidden = model.text_encoder(**tokens, encoder_hidden_states=states,
+                                    encoder_attention_mask=atts).last_hidden_state  # (T, L, D)
+        return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)

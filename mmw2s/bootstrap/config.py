@@ -1,0 +1,134 @@
+"""Config schema of `mmw2s bootstrap` (kept light: no torch import, `mmw2s --help` loads it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
+
+
+@dataclass
+class DecodingConfig:
+    """How the captioner writes synthetic captions (BLIP CapFilt: nucleus sampling)."""
+
+    method: Literal["nucleus", "beam", "greedy"] = field(
+        default="nucleus", metadata={"help": "nucleus sampling (CapFilt's choice: diverse captions), "
+                                             "beam search or greedy decoding"})
+    num_captions: int = field(default=3, metadata={"help": "synthetic captions per image; 0: filter the web "
+                                                           "captions only (no captioner is loaded)"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling: smallest token set of this mass"})
+    num_beams: int = field(default=3, metadata={"help": "beam search: beams (>= num_captions)"})
+    max_new_tokens: int = field(default=30, metadata={"help": "longest caption in tokens"})
+    min_new_tokens: int = field(default=5, metadata={"help": "shortest caption in tokens"})
+
+    def validate(self) -> None:
+        """Raise ValueError for settings HF `generate` would reject later, mid-run."""
+        if self.num_captions < 0:
+            raise ValueError(f"num_captions must be >= 0, got {self.num_captions}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.method == "beam" and self.num_beams < self.num_captions:
+            raise ValueError(f"beam search returns at most num_beams={self.num_beams} captions, "
+                             f"asked for num_captions={self.num_captions}")
+        if self.method == "greedy" and self.num_captions > 1:
+            raise ValueError("greedy decoding gives one caption per image: set num_captions=1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, got "
+                             f"{self.min_new_tokens} and {self.max_new_tokens}")
+
+
+@dataclass
+class FilterConfig:
+    """The filter that scores image-caption pairs (higher = better match)."""
+
+    kind: Literal["clip", "blip"] = field(
+        default="blip", metadata={"help": "clip: image-text cosine of an open_clip model (CLIP score); "
+                                          "blip: a BLIP ITM model, scoring with itm.mode (itm: match "
+                                          "probability, BLIP keeps >= 0.5; itc: contrastive cosine)"})
+    dual_encoder: DualEncoderSpec = field(
+        default_factory=DualEncoderSpec, metadata={"help": "the open_clip model when kind=clip"})
+    itm: ItmSpec = field(default_factory=ItmSpec, metadata={"help": "the BLIP ITM model when kind=blip"})
+
+    def validate(self) -> None:
+        """Raise ValueError for an unknown ITM scoring mode."""
+        if self.kind == "blip" and self.itm.mode not in ("itm", "itc"):
+            raise ValueError(f"itm.mode must be 'itm' or 'itc', got {self.itm.mode!r}")
+
+
+@dataclass
+class ThresholdConfig:
+    """What score a caption needs to be kept; web and synthetic captions have their own."""
+
+    mode: Literal["absolute", "top_fraction"] = field(
+        default="absolute", metadata={"help": "absolute values, or keep the top fraction of scores as "
+                                              "calibrated on the input's first samples"})
+    web: float = field(default=0.5, metadata={"help": "absolute: web caption kept if score >= this "
+                                                      "(BLIP ITM: 0.5)"})
+    synthetic: float = field(default=0.5, metadata={"help": "absolute: synthetic caption kept if score >= this"})
+    web_fraction: float = field(default=0.5, metadata={"help": "top_fraction: fraction of web captions kept"})
+    synthetic_fraction: float = field(default=0.5, metadata={"help": "top_fraction: fraction of synthetic captions kept"})
+    calibration_samples: int = field(default=256, metadata={"help": "top_fraction: samples to calibrate on"})
+
+    def validate(self) -> None:
+        """Raise ValueError for fractions outside (0, 1] or no calibration sample."""
+        for name in ("web_fraction", "synthetic_fraction"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.calibration_samples < 1:
+            raise ValueError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
+
+
+@dataclass
+class SelectionConfig:
+    """Which kept caption becomes the training caption (`.txt`)."""
+
+    choose: Literal["web_first", "best", "synthetic_first"] = field(
+        default="web_first", metadata={"help": "web_first: the web caption when kept, else the best kept "
+                                               "synthetic one; best: the highest-scoring kept caption; "
+                                               "synthetic_first: the best kept synthetic, else web"})
+    nothing_kept: Literal["drop", "flag"] = field(
+        default="drop", metadata={"help": "a sample with no kept caption is dropped (counted), or written "
+                                          "without .txt and with mmw2s.nothing_kept=true"})
+
+
+@dataclass
+class BootstrapConfig:
+    """`mmw2s bootstrap`: CapFilt over webdataset shards."""
+
+    input: str = field(metadata={"help": "input shards: brace pattern, glob, folder, pipe: or fsspec URL"})
+    out: str = field(metadata={"help": "run folder: shards/, config.yaml, thresholds.json, summary.json"})
+    captioner: CaptionerSpec = field(default_factory=CaptionerSpec,
+                                     metadata={"help": "the captioner (HF id, local folder, or a saved one)"})
+    decoding: DecodingConfig = field(default_factory=DecodingConfig, metadata={"help": "decoding"})
+    filter: FilterConfig = field(default_factory=FilterConfig, metadata={"help": "the filter"})
+    thresholds: ThresholdConfig = field(default_factory=ThresholdConfig, metadata={"help": "thresholds"})
+    selection: SelectionConfig = field(default_factory=SelectionConfig, metadata={"help": "selection"})
+    seed: int = field(default=0, metadata={"help": "seed of nucleus sampling (per batch: seed, shard, key)"})
+    batch_size: int = field(default=32, metadata={"help": "images per forward pass; batches never cross "
+                                                          "shards (part of what fixes the captions)"})
+    workers: int = field(default=2, metadata={"help": "data-loader processes decoding images (0: in-process)"})
+    cpu_threads: Optional[int] = field(
+        default=None, metadata={"help": "torch threads of the model process on CPU; null: the cores left "
+                                        "to it by the data-loader workers (at least 1)"})
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata={"help": "auto: this rank's CUDA device when there is one, else CPU"})
+    precision: Literal["bf16", "fp32"] = field(
+        default="bf16", metadata={"help": "bf16: autocast on CUDA (CPU always runs fp32)"})
+    max_pixels: int = field(default=4096 * 4096, metadata={"help": "larger images are skipped unread"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (images/s, kept fraction)"})
+    measure_ceiling: bool = field(
+        default=False, metadata={"help": "after the run, time the model forward passes alone on an "
+                                         "in-memory batch and record the ratio in summary.json"})
+    ceiling_images: int = field(default=512, metadata={"help": "images timed for the ceiling (at most the run's)"})
+
+    def validate(self) -> None:
+        """Raise ValueError for sizes that cannot run."""
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+        self.decoding.validate()
+        self.filter.validate()
+        self.thresholds.validate()

@@ -1,0 +1,208 @@
+"""CapFilt as generator stages over a stream of shard events (webdataset's style).
+
+The stream holds `Batch` objects, plus the `Skip` and `ShardEnd` records of shard I/O, which every
+stage passes through unchanged so that the writer can count each shard exactly:
+
+    events -> batch_stage (in data-loader workers: PIL -> tensors, batches within one shard)
+           -> caption_stage (captioner)  -> score_stage (filter)  -> decide_stage (thresholds)
+           -> output samples, written per shard by `mmw2s.bootstrap.writer`
+
+Each stage takes plain callables, so its logic is testable on `iter([...])` with fakes.
+
+Determinism: a batch never crosses a shard boundary and a shard is always cut into batches the
+same way (its samples arrive in tar order, from one worker), so a batch is identified by its
+shard and its first key. Sampling for a batch is seeded from (seed, shard, first key): a sample's
+synthetic captions do not depend on worker count, rank count or the resume point.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from data_pipelines.shards import ShardEnd, Skip, shard_name
+
+from mmw2s.bootstrap.thresholds import Thresholds
+
+Preprocess = Callable[[list], dict]  # PIL images -> model inputs (tensors) for the batch
+CaptionFn = Callable[[dict, int], list[list[str]]]  # (inputs, seed) -> captions per image
+ScoreFn = Callable[[dict, list[list[str]]], list[list[float]]]  # (inputs, texts per image) -> scores
+
+
+@dataclass
+class Batch:
+    """Consecutive good samples of ONE input shard, with what the stages add to them."""
+
+    url: str
+    samples: list[dict]  # shard I/O sample dicts, without the decoded PIL image
+    inputs: dict = field(default_factory=dict)  # preprocessed tensors, e.g. {"captioner": (B,C,H,W)}
+    synthetic: list[list[str]] | None = None  # per sample: N synthetic captions
+    web_scores: list[float] | None = None
+    synthetic_scores: list[list[float]] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [s["__key__"] for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# --------------------------------------------------------------------------------------------
+# In the data-loader workers
+
+
+def batch_stage(events: Iterable[Any], batch_size: int, preprocess: Preprocess) -> Iterator[Any]:
+    """Group good samples into `Batch`es of one shard each and preprocess their images.
+
+    A shard's last batch is flushed when its `ShardEnd` arrives, before the `ShardEnd` itself.
+    A sample whose image the preprocessor rejects becomes a `Skip("preprocess_error")`.
+    """
+    pending: list[dict] = []
+    for item in events:
+        if isinstance(item, dict) and pending and item["__url__"] != pending[0]["__url__"]:
+            yield from _flush(pending, preprocess)  # not expected from shard I/O, but never mix
+            pending = []
+        if isinstance(item, dict):
+            pending.append(item)
+            if len(pending) >= batch_size:
+                yield from _flush(pending, preprocess)
+                pending = []
+            continue
+        if isinstance(item, ShardEnd) and pending:
+            yield from _flush(pending, preprocess)
+            pending = []
+        yield item
+    if pending:
+        yield from _flush(pending, preprocess)
+
+
+def _flush(samples: list[dict], preprocess: Preprocess) -> Iterator[Any]:
+    """Preprocess a batch; on failure retry one by one so that one bad image costs one sample."""
+    try:
+        inputs = preprocess([s["image"] for s in samples])
+        yield Batch(samples[0]["__url__"], [_without_image(s) for s in samples], inputs)
+        return
+    except Exception:  # noqa: BLE001 - decoded images can still be unusable (e.g. 1x1 pixels)
+        if len(samples) == 1:
+            s = samples[0]
+            yield Skip(s["__url__"], s["__key__"], "preprocess_error")
+            return
+    good = []
+    for s in samples:
+        try:
+            preprocess([s["image"]])
+            good.append(s)
+        except Exception as exn:  # noqa: BLE001 - see above
+            yield Skip(s["__url__"], s["__key__"], "preprocess_error", f"{type(exn).__name__}: {exn}")
+    if good:
+        # The survivors still form one batch, so batch boundaries stay a function of the shard.
+        yield Batch(good[0]["__url__"], [_without_image(s) for s in good],
+                    preprocess([s["image"] for s in good]))
+
+
+def _without_image(sample: dict) -> dict:
+    # The PIL image is not needed after preprocessing; dropping it keeps worker->main IPC small.
+    return {k: v for k, v in sample.items() if k != "image"}
+
+
+# --------------------------------------------------------------------------------------------
+# In the main process (the models)
+
+
+def batch_seed(seed: int, batch: Batch) -> int:
+    """The sampling seed of a batch: a hash of (run seed, shard name, first key), 63 bits."""
+    text = f"{seed}:{shard_name(batch.url)}:{batch.samples[0]['__key__']}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def caption_stage(items: Iterable[Any], caption: CaptionFn, seed: int) -> Iterator[Any]:
+    """Add `batch.synthetic`: the captioner's captions for every image, seeded per batch."""
+    for item in items:
+        if isinstance(item, Batch):
+            item.synthetic = [list(caps) for caps in caption(item.inputs, batch_seed(seed, item))]
+            if len(item.synthetic) != len(item):
+                raise RuntimeError(f"captioner returned {len(item.synthetic)} rows for {len(item)} images")
+        yield item
+
+
+def score_stage(items: Iterable[Any], score: ScoreFn) -> Iterator[Any]:
+    """Add filter scores of the web caption and of every synthetic caption of each image."""
+    for item in items:
+        if isinstance(item, Batch):
+            texts = [[s["caption"], *caps] for s, caps in zip(item.samples, item.synthetic or [[]] * len(item))]
+            rows = score(item.inputs, texts)
+            if [len(r) for r in rows] != [len(t) for t in texts]:
+                raise RuntimeError("the filter returned a score table of the wrong shape")
+            item.web_scores = [float(r[0]) for r in rows]
+            item.synthetic_scores = [[float(x) for x in r[1:]] for r in rows]
+        yield item
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which kept caption trains (`web_first`, `best`, `synthetic_first`), and what to do when none is."""
+
+    choose: str = "web_first"
+    nothing_kept: str = "drop"  # "drop" the sample, or "flag" it (written without a .txt)
+
+
+def _score(value: float) -> float | None:
+    """A score for the JSON record: a non-finite score is recorded as null (and never kept)."""
+    return value if math.isfinite(value) else None
+
+
+def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthetic_scores: Sequence[float],
+           thresholds: Thresholds, selection: Selection) -> dict:
+    """The decision fields of one sample's `mmw2s` block (everything but provenance)."""
+    web_kept = math.isfinite(web_score) and web_score >= thresholds.web
+    syn = [{"caption": c, "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
+           for c, s in zip(synthetic, synthetic_scores)]
+    kept_syn = [x for x in syn if x["kept"]]
+    best_syn = max(kept_syn, key=lambda x: x["score"], default=None)  # first of equals wins
+    web = {"caption": web_caption, "score": web_score} if web_kept else None
+    order = {"web_first": [("web", web), ("synthetic", best_syn)],
+             "synthetic_first": [("synthetic", best_syn), ("web", web)]}.get(selection.choose)
+    if order is None:  # "best": the highest score among kept captions; the web caption wins ties
+        candidates = [c for c in [("web", web), ("synthetic", best_syn)] if c[1] is not None]
+        order = sorted(candidates, key=lambda c: -c[1]["score"])
+    source, pick = next(((s, p) for s, p in order if p is not None), (None, None))
+    return {
+        "web_caption": web_caption, "web_score": _score(web_score), "web_kept": web_kept,
+        "synthetic": syn,
+        "chosen": pick["caption"] if pick else None,
+        "chosen_source": source,
+        "chosen_score": pick["score"] if pick else None,
+        "nothing_kept": pick is None,
+    }
+
+
+def decide_stage(items: Iterable[Any], thresholds: Thresholds, selection: Selection,
+                 provenance: dict) -> Iterator[Any]:
+    """Turn each `Batch` into output samples, one per input sample, in order.
+
+    An output sample has `__key__`, `__url__` (its input shard), `__drop__` (nothing kept and
+    `nothing_kept == "drop"`), the image bytes under their original extension, `txt` = the chosen
+    caption (absent when nothing was kept) and `json` = the input fields plus the `mmw2s` block.
+    `provenance` holds the block's fixed fields (captioner, filter, seed).
+    """
+    for item in items:
+        if not isinstance(item, Batch):
+            yield item
+            continue
+        for i, sample in enumerate(item.samples):
+            block = decide(sample["caption"], item.web_scores[i], item.synthetic[i],
+                           item.synthetic_scores[i], thresholds, selection)
+            block.update(provenance, threshold=thresholds.record())
+            out = {"__key__": sample["__key__"], "__url__": item.url,
+                   "__drop__": block["nothing_kept"] and selection.nothing_kept == "drop",
+                   sample["image_ext"]: sample["image_bytes"],
+                   "json": {**sample["json"], "mmw2s": block}}
+            if block["chosen"] is not None:
+                out["txt"] = block["chosen"]
+            yield out

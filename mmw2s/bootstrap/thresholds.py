@@ -1,0 +1,81 @@
+"""Filter thresholds: absolute values, or the top fraction calibrated on a sample of the input.
+
+A calibrated threshold is written to `OUT/thresholds.json` before the first shard is processed and
+read back by every later run (a resume, another rank), so all output shards of one run folder are
+cut at the same value even when the calibration sample would now come out differently.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from data_pipelines.shards import write_json_atomic
+
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The values a caption's filter score must reach (>=) to be kept, per caption source."""
+
+    mode: str
+    web: float
+    synthetic: float
+    web_fraction: float | None = None
+    synthetic_fraction: float | None = None
+    calibration_samples: int | None = None
+
+    def record(self) -> dict:
+        """The `threshold` entry of a bootstrapped sample's `mmw2s` block."""
+        return {"mode": self.mode, "web": self.web, "synthetic": self.synthetic}
+
+    def to_json(self) -> dict:
+        """Everything, for `thresholds.json` and the run summary."""
+        return asdict(self)
+
+
+def top_fraction_threshold(scores: Sequence[float], fraction: float) -> float:
+    """The score that keeps the top `fraction` of `scores` with a `>=` test.
+
+    The k = round(fraction * n) best scores (at least one) are kept; ties at the cut keep a little
+    more, as a `>=` rule must.
+    """
+    if not scores:
+        raise ValueError("cannot calibrate a threshold on zero scores (is the input empty?)")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"a kept fraction must be in (0, 1], got {fraction}")
+    ranked = sorted((float(s) for s in scores), reverse=True)
+    k = min(len(ranked), max(1, round(fraction * len(ranked))))
+    return ranked[k - 1]
+
+
+def calibrate(web_scores: Sequence[float], synthetic_scores: Sequence[float], web_fraction: float,
+              synthetic_fraction: float, samples: int) -> Thresholds:
+    """Top-fraction thresholds for web and synthetic captions from scores of a calibration sample."""
+    return Thresholds(mode="top_fraction",
+                      web=top_fraction_threshold(web_scores, web_fraction),
+                      synthetic=top_fraction_threshold(synthetic_scores, synthetic_fraction),
+                      web_fraction=web_fraction, synthetic_fraction=synthetic_fraction,
+                      calibration_samples=samples)
+
+
+def save_thresholds(folder: str | Path, thresholds: Thresholds) -> Path:
+    """Write `FOLDER/thresholds.json` atomically and return its path."""
+    path = Path(folder) / THRESHOLDS_FILE
+    write_json_atomic(path, thresholds.to_json())
+    return path
+
+
+def load_thresholds(folder: str | Path) -> Thresholds | None:
+    """The thresholds of an earlier run in `folder`, or None when there are none yet."""
+    path = Path(folder) / THRESHOLDS_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    for name in ("web", "synthetic"):
+        if not math.isfinite(float(data[name])):
+            raise ValueError(f"{path}: threshold '{name}' is not a finite number: {data[name]}")
+    return Thresholds(**data)

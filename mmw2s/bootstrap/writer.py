@@ -1,0 +1,151 @@
+"""Writing bootstrapped shards: one output shard per input shard, closed when the input's
+`ShardEnd` arrives, with a `{shard}_stats.json` that marks it complete.
+
+Data-loader workers interleave shards, so writers are kept open by input URL.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from data_pipelines.shards import ShardEnd, ShardWriter, Skip, shard_name
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def output_path(folder: str | Path, url: str) -> Path:
+    """Where the bootstrapped version of input shard `url` goes: `FOLDER/{same name}.tar`."""
+    return Path(folder) / f"{shard_name(url)}.tar"
+
+
+def quantiles(values: list[float]) -> dict[str, float] | None:
+    """`{"q05": ..., "q50": ..., ...}` of `values`, or None when there are none."""
+    if not values:
+        return None
+    qs = np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)
+    return {f"q{round(q * 100):02d}": round(float(v), 6) for q, v in zip(QUANTILES, qs)}
+
+
+@dataclass
+class ShardTally:
+    """Running counts of one output shard."""
+
+    url: str
+    started: float = field(default_factory=time.perf_counter)
+    decoded: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    written: int = 0
+    web_kept: int = 0
+    synthetic: int = 0
+    synthetic_kept: int = 0
+    chosen: Counter = field(default_factory=Counter)
+    nothing_kept: int = 0
+    dropped: int = 0
+    web_scores: list[float] = field(default_factory=list)
+    synthetic_scores: list[float] = field(default_factory=list)
+
+    def add(self, sample: dict) -> None:
+        """Count one decided output sample."""
+        block = sample["json"]["mmw2s"]
+        self.decoded += 1
+        self.web_kept += block["web_kept"]
+        self.synthetic += len(block["synthetic"])
+        self.synthetic_kept += sum(s["kept"] for s in block["synthetic"])
+        self.nothing_kept += block["nothing_kept"]
+        self.dropped += sample["__drop__"]
+        if block["chosen_source"]:
+            self.chosen[block["chosen_source"]] += 1
+        if block["web_score"] is not None:
+            self.web_scores.append(block["web_score"])
+        self.synthetic_scores += [s["score"] for s in block["synthetic"] if s["score"] is not None]
+
+    def stats(self, end: ShardEnd, extra: dict) -> dict:
+        """The `{shard}_stats.json` content (img2dataset's `count`/`successes` included)."""
+        seconds = time.perf_counter() - self.started
+        skipped = sum(self.skipped.values())
+        return {
+            "input": end.url, "count": self.written, "successes": self.written,
+            "inputs": self.decoded + skipped, "decoded": self.decoded,
+            "skipped": skipped, "skipped_by_reason": dict(self.skipped),
+            "damaged": end.damaged, "ignored_members": end.ignored_members,
+            "web_kept": self.web_kept, "synthetic": self.synthetic, "synthetic_kept": self.synthetic_kept,
+            "chosen_web": self.chosen["web"], "chosen_synthetic": self.chosen["synthetic"],
+            "nothing_kept": self.nothing_kept, "dropped": self.dropped, "written": self.written,
+            "web_score_quantiles": quantiles(self.web_scores),
+            "synthetic_score_quantiles": quantiles(self.synthetic_scores),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(self.decoded / seconds, 2) if seconds > 0 else None,
+            **extra,
+        }
+
+
+class ShardOutputs:
+    """Open output shards by input URL; `finish` closes one with its stats.
+
+    `extra_stats` (e.g. the run fingerprint) goes into every stats file. Use as a context manager:
+    leaving it with shards still open (an error, Ctrl-C) aborts them, so only complete shards and
+    `.partial` leftovers exist, and a rerun redoes the partial ones.
+    """
+
+    def __init__(self, folder: str | Path, extra_stats: dict | None = None) -> None:
+        self.folder = Path(folder)
+        self.extra = dict(extra_stats or {})
+        self.open: dict[str, tuple[ShardWriter, ShardTally]] = {}
+
+    def _get(self, url: str) -> tuple[ShardWriter, ShardTally]:
+        if url not in self.open:
+            self.open[url] = (ShardWriter(output_path(self.folder, url)), ShardTally(url))
+        return self.open[url]
+
+    def write(self, sample: dict) -> None:
+        """Count a decided sample and write it unless it is dropped."""
+        writer, tally = self._get(sample["__url__"])
+        tally.add(sample)
+        if not sample["__drop__"]:
+            writer.write(sample)
+            tally.written += 1
+
+    def skip(self, record: Skip) -> None:
+        """Count a sample that shard I/O or preprocessing skipped."""
+        self._get(record.url)[1].skipped[record.reason] += 1
+
+    def finish(self, end: ShardEnd) -> dict:
+        """Close the output of `end.url` (an empty shard when nothing came) and return its stats."""
+        writer, tally = self._get(end.url)
+        stats = tally.stats(end, self.extra)
+        writer.close(stats)
+        del self.open[end.url]
+        return stats
+
+    def abort(self) -> None:
+        """Drop every open (incomplete) output shard."""
+        for writer, _ in self.open.values():
+            writer.abort()
+        self.open.clear()
+
+    def __enter__(self) -> "ShardOutputs":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.abort()
+
+
+def write_stage(items: Iterable[Any], outputs: ShardOutputs) -> Iterator[Any]:
+    """Write decided samples, count skips, close shards at their `ShardEnd`; pass everything on.
+
+    A `ShardEnd` is passed on as `(end, stats)` so that the caller can report progress per shard.
+    """
+    for item in items:
+        if isinstance(item, ShardEnd):
+            yield item, outputs.finish(item)
+            continue
+        if isinstance(item, Skip):
+            outputs.skip(item)
+        elif isinstance(item, dict):
+            outputs.write(item)
+        yield item
