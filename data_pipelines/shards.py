@@ -79,8 +79,15 @@ def _expand_one(url: str) -> list[str]:
 
 def shard_name(url: str) -> str:
     """`/a/b/00003.tar` -> `00003` (the img2dataset shard id, used for outputs and stats)."""
-    base = url.rstrip("/").rsplit("/", 1)[-1]
-    return base[: -len(".tar")] if base.endswith(".tar") else base
+    if url.startswith("pipe:"):
+        # `pipe:aws s3 cp s3://b/00001.tar -`: the shard is the command's argument naming a tar.
+        tars = [w for w in url[len("pipe:"):].split() if ".tar" in w]
+        url = tars[-1] if tars else url
+    base = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
 
 
 # --------------------------------------------------------------------------------------------

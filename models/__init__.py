@@ -8,24 +8,44 @@ Each family is built by name from a typed spec (``models.specs``):
 - ``build_filter(spec)`` -> a ``CaptionFilter`` (CLIP score or BLIP ITM / ITC)
 - ``LOSSES`` / ``build_loss(name)``: contrastive, weighted, aux_confidence student losses
 
-Importing this package registers our timm towers and open_clip model configs. ``models`` knows
+Builders load on first use; `models.register()` (or building any dual encoder) registers our
+timm towers and open_clip model configs. ``models`` knows
 nothing of shards or stages: it never imports ``mmw2s`` or ``data_pipelines``.
 """
 
-from .captioner_build import build_captioner, captioner_config, list_captioners
-from .captioners import DECODING_METHODS, Captioner
-from .dual_encoders import DualEncoder, build_dual_encoder, list_dual_encoders
-from .filters import CaptionFilter, build_filter, score_candidates
-from .itm import BlipItmFilter, build_itm_filter
-from .losses import (
-    LOSSES,
-    aux_confidence_coef,
-    aux_confidence_contrastive_loss,
-    build_loss,
-    contrastive_loss,
-)
-from .specs import CaptionerSpec, DualEncoderSpec, ItmSpec
-from .tokenizers import build_word_tokenizer
+import importlib
+from typing import Any
+
+# Public names -> the submodule defining them. Submodules import torch, transformers and open_clip,
+# so they load on first use (PEP 562): config schemas that embed `models.specs` stay light and
+# `mmw2s --help` answers at once.
+_EXPORTS = {
+    "build_captioner": "captioner_build", "captioner_config": "captioner_build",
+    "list_captioners": "captioner_build",
+    "DECODING_METHODS": "captioners", "Captioner": "captioners",
+    "DualEncoder": "dual_encoders", "build_dual_encoder": "dual_encoders",
+    "list_dual_encoders": "dual_encoders",
+    "CaptionFilter": "filters", "build_filter": "filters", "score_candidates": "filters",
+    "BlipItmFilter": "itm", "build_itm_filter": "itm",
+    "LOSSES": "losses", "aux_confidence_coef": "losses",
+    "aux_confidence_contrastive_loss": "losses", "build_loss": "losses",
+    "contrastive_loss": "losses",
+    "CaptionerSpec": "specs", "DualEncoderSpec": "specs", "ItmSpec": "specs",
+    "build_word_tokenizer": "tokenizers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
+
+def register() -> None:
+    """Register our timm towers and open_clip architectures (`mmw2s-conv-*`), e.g. before calling
+    `open_clip.create_model_and_transforms("mmw2s-conv-small", pretrained=PATH)` yourself."""
+    importlib.import_module(".dual_encoders", __name__)
+
 
 __all__ = [
     "LOSSES",

@@ -10,7 +10,7 @@ pretrained="laion2b_s34b_b79k")``. ``DualEncoder.save(folder)`` writes what open
 loads: ``open_clip_model.safetensors`` (a state dict, for
 ``open_clip.create_model_and_transforms(arch, pretrained=folder / "open_clip_model.safetensors")``)
 and ``open_clip_config.json`` (for ``create_model_and_transforms("local-dir:" + folder)``).
-Loading an ``mmw2s-conv-*`` architecture needs ``import models`` first (it registers the towers).
+Loading an ``mmw2s-conv-*`` architecture with open_clip directly needs ``models.register()`` first.
 """
 
 from __future__ import annotations

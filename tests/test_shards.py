@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 
 from data_pipelines.shards import (ReadLimits, ShardEnd, ShardWriter, Skip, event_pipeline,
-                                   expand_urls, is_complete, iter_samples, stats_path)
+                                   expand_urls, is_complete, iter_samples, shard_name, stats_path)
 
 
 def jpeg(color="red", size=(16, 16)) -> bytes:
@@ -187,3 +187,13 @@ def test_worker_pipeline_keeps_each_shard_together(tmp_path):
     for end in ends:
         pos = items.index(end)
         assert all(items.index(s) < pos for s in samples if s["__url__"] == end.url)
+
+
+@pytest.mark.parametrize("url,name", [
+    ("/data/laion/00042.tar", "00042"),
+    ("pipe:aws s3 cp s3://bucket/laion/00042.tar -", "00042"),
+    ("pipe:curl -s -L https://host/shards/00042.tar?download=1", "00042"),
+    ("gs://bucket/cc12m/00042.tar", "00042"),
+])
+def test_shard_names_follow_img2dataset_ids(url, name):
+    assert shard_name(url) == name
