@@ -118,6 +118,8 @@ def build(schema: type[T], raw: dict, source: str, prefix: str = "", require: bo
     if require and callable(check):
         try:
             check()
+        except ConfigError as exn:  # a nested schema's own error already names its key
+            raise ConfigError(f"{source}: {exn}") from None
         except ValueError as exn:
             raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {exn}") from None
     return obj

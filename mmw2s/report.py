@@ -75,7 +75,7 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     defined = [v for v in values if v is not None and not math.isnan(v)]
     if not defined:
         return None, None, 0
-    std = statistics.stdev(defined) if len(defined) > 1 else 0.0
+    std = statistics.stdev(defined) if len(defined) > 1 else None  # one seed: no spread to show
     return statistics.fmean(defined), std, len(defined)
 
 

@@ -188,14 +188,19 @@ def new_thresholds(cfg: BootstrapConfig, load_models: Callable[[], Any], urls: l
     t = cfg.thresholds
     if t.mode == "absolute":
         return Thresholds(mode="absolute", web=t.web, synthetic=t.synthetic)
-    web, synthetic, seen = [], [], 0
+    web, synthetic_rows = [], []
     for batch in scored_batches(urls, cfg, load_models()):
         web += batch.web_scores
-        synthetic += [s for row in batch.synthetic_scores for s in row]
-        seen += len(batch)
-        if seen >= t.calibration_samples:
+        synthetic_rows += batch.synthetic_scores
+        if len(web) >= t.calibration_samples:
             break
-    thresholds = calibrate(web, synthetic, t.web_fraction, t.synthetic_fraction, samples=seen)
+    # Exactly the first `calibration_samples` samples (batches overshoot): the recorded count then
+    # matches the config, and a rerun recognises its own thresholds.
+    web, synthetic_rows = web[:t.calibration_samples], synthetic_rows[:t.calibration_samples]
+    synthetic = [s for row in synthetic_rows for s in row]
+    seen = len(web)
+    thresholds = calibrate(web, synthetic, t.web_fraction, t.synthetic_fraction,
+                           samples=t.calibration_samples)
     log.info("calibrated on %d samples: web >= %.4f (top %.0f%%), synthetic >= %.4f (top %.0f%%)", seen,
              thresholds.web, 100 * t.web_fraction, thresholds.synthetic, 100 * t.synthetic_fraction)
     return thresholds

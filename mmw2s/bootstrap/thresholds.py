@@ -55,9 +55,11 @@ def top_fraction_threshold(scores: Sequence[float], fraction: float) -> float:
 def calibrate(web_scores: Sequence[float], synthetic_scores: Sequence[float], web_fraction: float,
               synthetic_fraction: float, samples: int) -> Thresholds:
     """Top-fraction thresholds for web and synthetic captions from scores of a calibration sample."""
-    return Thresholds(mode="top_fraction",
-                      web=top_fraction_threshold(web_scores, web_fraction),
-                      synthetic=top_fraction_threshold(synthetic_scores, synthetic_fraction),
+    web = top_fraction_threshold(web_scores, web_fraction)
+    # A filter-only run (no captioner) has no synthetic scores; its synthetic threshold is unused
+    # and recorded as the web one rather than as a made-up value.
+    synthetic = top_fraction_threshold(synthetic_scores, synthetic_fraction) if synthetic_scores else web
+    return Thresholds(mode="top_fraction", web=web, synthetic=synthetic,
                       web_fraction=web_fraction, synthetic_fraction=synthetic_fraction,
                       calibration_samples=samples)
 

@@ -1,0 +1,135 @@
+"""The experiment as a plan of stage configs, built and validated before anything runs.
+
+Every stage's output folder is keyed by a hash of its resolved config (`NAME-1a2b3c4d`), and the
+input paths of a stage are the output folders of the stages before it, so the key of a stage
+changes whenever anything upstream changes. A stage whose output is complete is skipped by the
+stage itself (a trained `final/`, a bootstrapped shard with its stats, a results JSON), so a killed
+run resumes at the stage, and within the stage at the shard or checkpoint, where it was.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmw2s.config import build, to_dict
+from mmw2s.experiment.config import ExperimentConfig
+
+
+@dataclass
+class Step:
+    """One stage of one seed: its name, its validated config object and where it writes."""
+
+    name: str
+    stage: str  # world | train | bootstrap | eval | audit
+    cfg: Any
+    out: Path
+
+
+def config_key(data: dict) -> str:
+    """A short, stable hash of a config (its output path excluded)."""
+    body = {k: v for k, v in data.items() if k != "out"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merge `extra` into a copy of `base` (section keys win over the run's defaults)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class Planner:
+    """Builds the steps of one seed, validating each section against its stage's schema."""
+
+    def __init__(self, cfg: ExperimentConfig, source: str, seed: int, root: Path) -> None:
+        self.cfg, self.source, self.seed, self.root = cfg, source, seed, root
+        self.steps: list[Step] = []
+
+    def add(self, name: str, stage: str, schema: type, data: dict, section: str) -> Step:
+        out = self.root / f"{name}-{config_key(data)}"
+        data = dict(data, out=str(out))
+        # Keys are named as the experiment file spells them: `student.lr`, `bootstrap.decoding...`
+        cfg = build(schema, data, self.source, prefix=f"{section}.")
+        step = Step(name, stage, cfg, out)
+        self.steps.append(step)
+        return step
+
+
+def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
+    """The stages of one seed of the experiment, in the order they run."""
+    from data_pipelines.world import WorldConfig
+    from mmw2s.audit import AuditConfig
+    from mmw2s.bootstrap.config import BootstrapConfig
+    from mmw2s.evaluate.config import EvalConfig
+    from mmw2s.train.config import TrainConfig
+
+    p = Planner(cfg, source, seed, Path(cfg.out) / f"seed_{seed}")
+    world = p.add("world", "world", WorldConfig, merge(cfg.world, {"seed": seed}), "world")
+    world_dir = Path(world.cfg.out)
+    captioner = _plan_captioner(p, cfg, world_dir, seed, TrainConfig)
+    filt = p.add("weak_filter", "train", TrainConfig,
+                 merge(cfg.weak_filter, {"task": "clip", "data": str(world_dir / "clean"), "seed": seed}),
+                 "weak_filter")
+    filter_model = str(Path(filt.cfg.out) / "final")
+    boot_common = {"input": str(world_dir / "web"), "seed": seed,
+                   "filter": {"kind": "clip", "dual_encoder": {"arch": f"local-dir:{filter_model}",
+                                                                "pretrained": None}}}
+    boot = p.add("bootstrap", "bootstrap", BootstrapConfig,
+                 merge(cfg.bootstrap, merge(boot_common, {"captioner": {"name": captioner}})),
+                 "bootstrap")
+    data = {"web": (str(world_dir / "web"), {"source": "txt"}),
+            "bootstrapped": (str(Path(boot.cfg.out) / "shards"), {"source": "txt"}),
+            "gold": (str(world_dir / "web"), {"source": "gold"})}
+    if "filtered" in cfg.students:
+        only = p.add("filter_only", "bootstrap", BootstrapConfig,
+                     merge(cfg.bootstrap, merge(boot_common, {"decoding": {"num_captions": 0}})),
+                     "bootstrap")
+        data["filtered"] = (str(Path(only.cfg.out) / "shards"), {"source": "txt"})
+    students = {}
+    for name in cfg.students:
+        shards, text = data[name]
+        section = merge(cfg.student, {"task": "clip", "data": shards, "seed": seed, "text": text,
+                                      "reads_truth": name == "gold"})
+        students[name] = p.add(f"student_{name}", "train", TrainConfig, section, "student")
+    models = [{"name": "weak_captioner", "kind": "captioner", "path": captioner},
+              {"name": "weak_filter", "kind": "dual_encoder", "path": filter_model}]
+    models += [{"name": f"student_{n}", "kind": "dual_encoder", "path": str(Path(s.cfg.out) / "final")}
+               for n, s in students.items()]
+    p.add("eval", "eval", EvalConfig,
+          merge(cfg.eval, {"world": str(world_dir), "models": models}), "eval")
+    audits = [boot] + [s for s in p.steps if s.name == "filter_only"]
+    for b in audits:
+        p.steps.append(Step(f"audit_{b.name}", "audit", AuditConfig(run=b.cfg.out), Path(b.cfg.out)))
+    return p.steps
+
+
+def _plan_captioner(p: Planner, cfg: ExperimentConfig, world_dir: Path, seed: int,
+                    schema: type) -> str:
+    """The weak captioner: optionally pre-trained on raw web alt-text, then fine-tuned on clean."""
+    base = merge(cfg.weak_captioner, {"task": "captioner", "seed": seed})
+    if cfg.captioner_pretrain_steps:
+        pre = p.add("captioner_pretrain", "train", schema,
+                    merge(base, {"data": str(world_dir / "web"), "steps": cfg.captioner_pretrain_steps,
+                                 "text": {"source": "txt"}}), "weak_captioner")
+        base = merge(base, {"captioner": {"name": str(Path(pre.cfg.out) / "final")}})
+    step = p.add("weak_captioner", "train", schema,
+                 merge(base, {"data": str(world_dir / "clean")}), "weak_captioner")
+    return str(Path(step.cfg.out) / "final")
+
+
+def plan(cfg: ExperimentConfig, source: str = "experiment") -> dict[int, list[Step]]:
+    """Every seed's steps; raises `ConfigError` before any work if a section is wrong."""
+    return {cfg.seed + i: plan_seed(cfg, source, cfg.seed + i) for i in range(cfg.seeds)}
+
+
+def describe_step(step: Step) -> dict:
+    """The step as plain data (for the run's plan.json)."""
+    return {"name": step.name, "stage": step.stage, "out": str(step.out), "config": to_dict(step.cfg)}
