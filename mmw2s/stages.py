@@ -40,4 +40,18 @@ def _resolve(target: str) -> Any:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("world", "generate the synthetic web world (clean / web / test shards)",
           "data_pipelines.world.spec:WorldConfig", "mmw2s.world:run", "world.yaml"),
+    Stage("bootstrap", "CapFilt over shards: caption, filter, write bootstrapped shards",
+          "mmw2s.bootstrap.config:BootstrapConfig", "mmw2s.bootstrap.run:run", "bootstrap.yaml"),
+    Stage("audit", "score a bootstrap run against the synthetic world's truth (filter P/R per noise type)",
+          "mmw2s.audit:AuditConfig", "mmw2s.audit:run", "audit.yaml"),
+    Stage("synthesize", "write LLaVA instruction data (conversation, detail, reasoning) from captioned shards",
+          "mmw2s.synthesize.config:SynthesizeConfig", "mmw2s.synthesize.run:run", "synthesize.yaml"),
+    Stage("train", "train a captioner (LM loss) or a CLIP student (contrastive) on shards",
+          "mmw2s.train.config:TrainConfig", "mmw2s.train.loop:run", "train.yaml"),
+    Stage("eval", "zero-shot evaluation of captioners, filters and students (CLIP_benchmark-style JSON)",
+          "mmw2s.evaluate.config:EvalConfig", "mmw2s.evaluate.run:run", "eval.yaml"),
+    Stage("run", "the weak-to-strong experiment: world -> weak teachers -> bootstrap -> students -> eval -> report",
+          "mmw2s.experiment.config:ExperimentConfig", "mmw2s.experiment.run:run", "demo.yaml"),
+    Stage("bench", "ratios of our stages vs the tools users would pick instead (open_clip_train, CLIP_benchmark, webdataset)",
+          "mmw2s.bench.config:BenchConfig", "mmw2s.bench.run:run", "bench.yaml"),
 ]}

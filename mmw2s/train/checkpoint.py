@@ -1,0 +1,156 @@
+"""Checkpoints of a training run: written atomically, never from non-finite weights.
+
+Layout of a run folder `OUT/`:
+```
+OUT/checkpoints/step_000100/
+    model/               the model as its own library loads it (see `mmw2s.train.models`)
+    state/               accelerate `save_state`: weights, optimizer, scheduler, RNG of every rank
+    trainer_state.json   step, batches consumed per rank, samples seen, loss tail, data counts
+OUT/final/               the model for the next stage, plus trainer_state.json
+```
+Every folder is written under a temporary name and renamed into place when complete, so a kill
+leaves either the whole checkpoint or none; `latest_checkpoint` only sees complete ones.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+MODEL = "model"
+STATE = "state"
+TRAINER_STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class NonFiniteWeights(RuntimeError):
+    """A model holds NaN or inf parameters; nothing is saved from it."""
+
+
+def assert_finite(model: torch.nn.Module) -> None:
+    """Raise `NonFiniteWeights` naming the first parameter that is not finite (or buffer: NaN).
+
+    Buffers may hold -inf by design (causal attention masks), so only NaN counts there.
+    """
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise NonFiniteWeights(f"parameter {name} holds non-finite values; refusing to save")
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and torch.isnan(buffer).any():
+            raise NonFiniteWeights(f"buffer {name} holds NaN; refusing to save")
+
+
+def step_dir(out: str | os.PathLike, step: int) -> Path:
+    """`OUT/checkpoints/step_000100`."""
+    return Path(out) / CHECKPOINTS / f"step_{step:06d}"
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / TRAINER_STATE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Optional[Path]:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(out)
+    return found[-1] if found else None
+
+
+def resolve_resume(out: str | os.PathLike, resume: Optional[str]) -> Optional[Path]:
+    """The checkpoint to resume from: `latest` (None when there is none yet) or a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(out)
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {TRAINER_STATE})")
+    return path
+
+
+def read_trainer_state(folder: str | os.PathLike) -> dict:
+    """The `trainer_state.json` of a checkpoint or final folder."""
+    return json.loads((Path(folder) / TRAINER_STATE).read_text())
+
+
+def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Create `target` by filling a temporary sibling folder and renaming it into place."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left behind by a killed run
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def save_checkpoint(accelerator: Any, out: str | os.PathLike, step: int, model: torch.nn.Module,
+                    export: Callable[[Path], None], trainer_state: dict, keep: int) -> Path:
+    """Save a checkpoint from every rank (a collective call); returns its folder.
+
+    `export(folder)` writes the model in its library's format (main process only). Raises
+    `NonFiniteWeights` on every rank, before anything is written, when a weight is not finite.
+    """
+    assert_finite(model)
+    target = step_dir(out, step)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / STATE))  # every rank writes its own RNG state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export(tmp / MODEL)
+        _write_json(tmp / TRAINER_STATE, trainer_state)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        prune_checkpoints(out, keep)
+        log.info("checkpoint written: %s", target)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def save_final(out: str | os.PathLike, model: torch.nn.Module, export: Callable[[Path], None],
+               trainer_state: dict) -> Path:
+    """Write `OUT/final/` (main process only): the exported model and its trainer state."""
+    assert_finite(model)
+
+    def fill(folder: Path) -> None:
+        export(folder)
+        _write_json(folder / TRAINER_STATE, trainer_state)
+
+    return write_folder_atomic(Path(out) / FINAL, fill)
+
+
+def prune_checkpoints(out: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (`keep <= 0` keeps all)."""
+    if keep <= 0:
+        return
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,222 @@
+"""The training data stream: shards -> (caption, weight) -> shuffled -> tensor batches, forever.
+
+- Ranks: shards are shuffled once with the run's seed and dealt `urls[rank::world]`; with fewer
+  shards than ranks every rank reads every shard and keeps samples `position % world == rank`.
+  Each rank cycles its shards forever and the loop counts optimizer steps, so every rank runs
+  exactly `steps` steps whatever the shard sizes (no rank runs dry and hangs the others).
+- Workers: `event_pipeline` deals whole shards to DataLoader workers; captions are chosen, samples
+  shuffled in a small buffer and images turned into tensors inside the workers. The shuffle and
+  the `mix` draws use a `random.Random` seeded from (seed, rank, worker); image augmentations are
+  seeded per batch. The stream is therefore a pure function of (seed, rank, worker, batch index).
+- Resume: the DataLoader takes batches from its `N` workers round-robin, always starting with
+  worker 0, so batch `j` of the stream is batch `j // N` of worker `j % N`. After `consumed`
+  batches, a resumed worker replays its stream from the start and drops its first
+  `consumed // N` batches before turning any image into a tensor, and the loader drops the
+  `consumed % N` batches that complete the last round: the data continue exactly where the
+  checkpoint left off, at the cost of re-reading (not re-processing) the consumed samples.
+- Skipped samples (corrupt, no caption, no text for the chosen source) and finished or damaged
+  shards are counted in the workers and ride along with the next batch (`batch["events"]`), so the
+  main process counts them exactly once; they never stop the run.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, get_worker_info
+
+from data_pipelines.shards import ReadLimits, ShardEnd, Skip, event_pipeline, expand_urls
+from mmw2s.train.texts import TextSelector
+
+ImagesToTensor = Callable[[list[Image.Image]], torch.Tensor]  # list of B PIL -> (B, 3, H, W)
+
+
+@dataclass
+class DataStats:
+    """What the stream skipped and read, summed over batches (and ranks, after `merge`)."""
+
+    samples: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    shards_read: int = 0
+    damaged: list[str] = field(default_factory=list)
+
+    def add(self, events: dict) -> None:
+        """Count the `events` that rode along with one batch."""
+        self.skipped.update(events.get("skipped", {}))
+        self.shards_read += events.get("shards", 0)
+        # a damaged shard shows up again on every pass over the data; name it once
+        self.damaged.extend(u for u in events.get("damaged", []) if u not in self.damaged)
+
+    def to_dict(self) -> dict:
+        """Plain data for `trainer_state.json`."""
+        return {"samples": self.samples, "skipped": dict(self.skipped),
+                "shards_read": self.shards_read, "damaged": sorted(set(self.damaged))}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataStats":
+        """The inverse of `to_dict` (a resumed run keeps counting from the checkpoint)."""
+        return cls(data.get("samples", 0), Counter(data.get("skipped", {})),
+                   data.get("shards_read", 0), list(data.get("damaged", [])))
+
+
+def rank_shards(urls: list[str], rank: int, world: int,
+                seed: int) -> tuple[list[str], Optional[tuple[int, int]]]:
+    """This rank's shards, and `(rank, world)` when samples must be split instead of shards."""
+    urls = list(urls)
+    random.Random(seed).shuffle(urls)  # the same order on every rank: the same seed
+    if world == 1:
+        return urls, None
+    if len(urls) >= world:
+        return urls[rank::world], None
+    return urls, (rank, world)
+
+
+class TrainStream:
+    """The event_pipeline stage that turns one worker's shard events into training batches."""
+
+    def __init__(self, select: TextSelector, to_tensor: ImagesToTensor, batch_size: int,
+                 seed: int, rank: int, sample_split: Optional[tuple[int, int]] = None,
+                 shuffle_buffer: int = 256, consumed: int = 0, num_shards: int = 1) -> None:
+        self.select, self.to_tensor, self.batch_size = select, to_tensor, batch_size
+        self.seed, self.rank, self.sample_split = seed, rank, sample_split
+        self.shuffle_buffer, self.consumed, self.num_shards = shuffle_buffer, consumed, num_shards
+
+    def __call__(self, src: Iterable) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = random.Random(f"mmw2s-train/{self.seed}/{self.rank}/{worker}")
+        stream: Iterable = _guard_empty(src, self.num_shards)
+        if self.sample_split is not None:
+            stream = _split_samples(stream, *self.sample_split)
+        stream = _select(stream, self.select, rng)
+        stream = _shuffle(stream, rng, self.shuffle_buffer)
+        yield from self._batches(stream, self.consumed // workers, worker)
+
+    def _batches(self, stream: Iterable, skip: int, worker: int) -> Iterator[dict]:
+        samples: list[dict] = []
+        events = _new_events()
+        index = 0  # this worker's batch index, counting skipped batches
+        for item in stream:
+            if isinstance(item, Skip):
+                events["skipped"][item.reason] += 1
+            elif isinstance(item, ShardEnd):
+                events["shards"] += 1
+                if item.damaged:
+                    events["damaged"].append(item.url)
+            else:
+                samples.append(item)
+            if len(samples) < self.batch_size:
+                continue
+            if index >= skip:
+                yield self._collate(samples, events, index, worker)
+            # A replayed batch is dropped with its events: the checkpoint already counted them.
+            samples, events, index = [], _new_events(), index + 1
+
+    def _collate(self, samples: list[dict], events: dict, index: int, worker: int) -> dict:
+        # Seed augmentations by batch, so a replayed stream gets the same crops; fork_rng keeps
+        # the caller's RNG untouched when this runs in the main process (workers=0).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash_seed(self.seed, self.rank, worker, index))
+            pixels = self.to_tensor([s["image"] for s in samples])  # (B, 3, H, W)
+        return {"pixel_values": pixels, "texts": [s["text"] for s in samples],
+                "weights": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
+                "keys": [s["__key__"] for s in samples],
+                "events": {"skipped": dict(events["skipped"]), "shards": events["shards"],
+                           "damaged": events["damaged"]}}
+
+
+def hash_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's `hash` of a tuple varies across runs)."""
+    return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+def _new_events() -> dict:
+    return {"skipped": Counter(), "shards": 0, "damaged": []}
+
+
+def _guard_empty(src: Iterable, num_shards: int) -> Iterator:
+    """Pass events through; fail clearly when whole cycles of shards yield no sample at all."""
+    empty_ends = 0
+    for item in src:
+        if isinstance(item, ShardEnd):
+            empty_ends = empty_ends + 1 if item.samples == 0 else 0
+            if empty_ends > max(2 * num_shards, 2):
+                raise RuntimeError(
+                    f"no readable samples in {empty_ends} shards in a row (last: {item.url}, "
+                    f"damage: {item.damaged}); check the training shards")
+        yield item
+
+
+def _split_samples(src: Iterable, rank: int, world: int) -> Iterator:
+    """Keep every `world`-th sample of each shard, starting at `rank` (fewer shards than ranks)."""
+    position = 0
+    for item in src:
+        if isinstance(item, ShardEnd):
+            position = 0
+        elif not isinstance(item, Skip):
+            position += 1
+            if (position - 1) % world != rank:
+                continue
+        yield item
+
+
+def _select(src: Iterable, select: TextSelector, rng: random.Random) -> Iterator:
+    """Attach `text` and `weight`; a sample without usable text becomes a `no_text` Skip."""
+    for item in src:
+        if isinstance(item, (Skip, ShardEnd)):
+            yield item
+            continue
+        chosen = select(item, rng)
+        if chosen is None:
+            yield Skip(item["__url__"], item["__key__"], "no_text")
+            continue
+        yield {"__key__": item["__key__"], "image": item["image"],
+               "text": chosen[0], "weight": chosen[1]}
+
+
+def _shuffle(src: Iterable, rng: random.Random, bufsize: int) -> Iterator:
+    """Shuffle samples in a buffer of `bufsize` (events pass straight through)."""
+    buffer: list = []
+    for item in src:
+        if isinstance(item, (Skip, ShardEnd)) or bufsize <= 1:
+            yield item
+            continue
+        buffer.append(item)
+        if len(buffer) >= bufsize:
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class TrainLoader:
+    """An endless iterable of one rank's training batches, resumable after `consumed` batches."""
+
+    def __init__(self, loader: DataLoader, drop: int) -> None:
+        self.loader, self.drop = loader, drop
+
+    def __iter__(self) -> Iterator[dict]:
+        return itertools.islice(iter(self.loader), self.drop, None)
+
+
+def make_loader(spec: str, select: TextSelector, to_tensor: ImagesToTensor, *, batch_size: int,
+                workers: int, seed: int, rank: int, world: int, consumed: int = 0,
+                shuffle_buffer: int = 256) -> TrainLoader:
+    """This rank's endless training batches, continuing after `consumed` batches."""
+    urls, sample_split = rank_shards(expand_urls(spec), rank, world, seed)
+    workers = min(workers, len(urls))  # a worker without a shard of its own would duplicate one
+    # Each worker drops consumed // N batches itself; the loader drops the rest of the last round.
+    stream = TrainStream(select, to_tensor, batch_size, seed, rank, sample_split,
+                         shuffle_buffer, consumed, num_shards=len(urls))
+    # A sample without a caption member is still usable when the text comes from its JSON.
+    limits = ReadLimits(require_caption=select.cfg.source == "txt")
+    pipeline = event_pipeline(urls, limits, stages=[stream], repeat=True)
+    loader = DataLoader(pipeline, batch_size=None, num_workers=workers,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    return TrainLoader(loader, consumed % max(workers, 1))

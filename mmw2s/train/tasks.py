@@ -1,0 +1,182 @@
+"""Task adapters: what `mmw2s train` needs from a captioner or a dual encoder, behind one interface.
+
+A `TrainTask` holds the model (`module`, the `torch.nn.Module` that is optimized and prepared by
+accelerate), a light `images_to_tensor` callable that runs in DataLoader workers, `loss(batch,
+step)` computed through the prepared module's forward (so DDP synchronizes gradients), and
+`export(folder)`, which writes the model in its own library's format:
+- captioner: a `save_pretrained` folder (model, tokenizer, image processor) that
+  `BlipForConditionalGeneration` / `VisionEncoderDecoderModel.from_pretrained` and
+  `Captioner.load` read;
+- clip: `open_clip_model.safetensors`, the state dict that
+  `open_clip.create_model_and_transforms(arch, pretrained=PATH)` loads (+ its config JSON).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+from PIL import Image
+
+from data_pipelines.shards import ReadLimits, iter_samples
+from mmw2s.train.config import TrainConfig
+from mmw2s.train.texts import TextSelector, mix_pools, public_meta
+from models.captioner_build import build_captioner, list_captioners
+from models.captioners import Captioner
+from models.dual_encoders import DualEncoder, build_dual_encoder
+from models.losses import build_loss
+
+log = logging.getLogger(__name__)
+CLIP_WEIGHTS = "open_clip_model.safetensors"  # the name DualEncoder.save writes
+
+
+class TrainTask(Protocol):
+    """What the loop needs from a model family."""
+
+    module: torch.nn.Module
+    selector: TextSelector
+    images_to_tensor: Callable[[list[Image.Image]], torch.Tensor]  # light: runs in workers
+
+    def attach(self, prepared: torch.nn.Module) -> None: ...
+
+    def loss(self, batch: dict, step: int) -> torch.Tensor: ...
+
+    def export(self, folder: Path) -> None: ...
+
+
+def model_path(task: str, folder: Path) -> Path:
+    """The path the next stage loads from a final or checkpoint model folder."""
+    return folder / CLIP_WEIGHTS if task == "clip" else folder
+
+
+def build_task(cfg: TrainConfig, selector: TextSelector, resume_model: Optional[Path]) -> TrainTask:
+    """The task adapter of `cfg.task`, its model built from the spec or a checkpoint's model."""
+    if cfg.task == "captioner":
+        return CaptionerTask(cfg, selector, resume_model)
+    return ClipTask(cfg, selector)
+
+
+class CaptionerTask:
+    """Language-model loss on (image, caption); `weighted` weights each caption's token losses."""
+
+    def __init__(self, cfg: TrainConfig, selector: TextSelector, resume_model: Optional[Path]) -> None:
+        self.cfg, self.selector = cfg, selector
+        spec = cfg.captioner
+        if resume_model is not None:  # the checkpoint's own tokenizer, not one rebuilt from data
+            self.captioner = Captioner.load(resume_model, max_length=spec.max_length)
+        elif spec.name in list_captioners():
+            captions = training_captions(cfg.data, selector, cfg.tokenizer_captions)
+            log.info("captioner %s from scratch: tokenizer built from %d captions", spec.name, len(captions))
+            self.captioner = build_captioner(spec, captions)
+        else:
+            self.captioner = build_captioner(spec)
+        self.module = self.captioner.model
+        self.images_to_tensor = ProcessorImages(self.captioner.image_processor)
+
+    def attach(self, prepared: torch.nn.Module) -> None:
+        """Route the captioner's forward passes through the prepared (e.g. DDP) module."""
+        self.captioner.model = prepared
+
+    def loss(self, batch: dict, step: int) -> torch.Tensor:
+        """Mean token cross-entropy; per-caption weighted for `loss.name=weighted`."""
+        pixels = batch["pixel_values"].to(self.captioner.device)  # (B, 3, H, W)
+        if self.cfg.loss_name != "weighted":
+            return self.captioner.loss(pixels, batch["texts"])
+        log_p = self.captioner.log_likelihood(pixels, batch["texts"])  # (B,) summed over tokens
+        _, mask = self.captioner.encode_texts(batch["texts"])
+        tokens = mask[:, 1:].sum(dim=1).to(log_p)  # (B,) predicted tokens per caption
+        weights = batch["weights"].to(log_p)
+        return -(weights * log_p).sum() / (weights * tokens).sum().clamp_min(1e-8)
+
+    def export(self, folder: Path) -> None:
+        """A `save_pretrained` folder: model, tokenizer and image processor."""
+        self.captioner.save(folder)
+
+
+class ClipTask:
+    """Contrastive training of an open_clip dual encoder with a loss from `models.losses.LOSSES`."""
+
+    def __init__(self, cfg: TrainConfig, selector: TextSelector) -> None:
+        self.cfg, self.selector = cfg, selector
+        self.dual: DualEncoder = build_dual_encoder(cfg.dual_encoder)
+        self.module = self.dual.model
+        self.images_to_tensor = TransformImages(self.dual.preprocess_train)
+        kwargs = ({"aux_coef": cfg.loss.aux_coef, "warmup_frac": cfg.loss.aux_warmup_frac}
+                  if cfg.loss_name == "aux_confidence" else {})
+        self.loss_fn = build_loss(cfg.loss_name, **kwargs)
+
+    def attach(self, prepared: torch.nn.Module) -> None:
+        """Forward passes go through the prepared (e.g. DDP) module."""
+        self.dual.model = prepared
+
+    def loss(self, batch: dict, step: int) -> torch.Tensor:
+        """The configured contrastive loss, over the global batch when ranks are gathered."""
+        device = self.dual.device
+        out = self.dual.model(batch["pixel_values"].to(device), self.dual.tokenize(batch["texts"]))
+        img, txt = out["image_features"], out["text_features"]  # (B, D) each, normalized
+        weights = batch["weights"].to(device)  # (B,)
+        if self.cfg.loss.gather_ranks and _world() > 1:
+            img, txt, weights = _gather_with_grad(img), _gather_with_grad(txt), _gather_with_grad(weights)
+        return self.loss_fn(img, txt, out["logit_scale"], weights=weights,
+                            step_frac=step / self.cfg.steps)
+
+    def export(self, folder: Path) -> None:
+        """`open_clip_model.safetensors` + `open_clip_config.json` (open_clip loads both)."""
+        self.dual.save(folder)
+
+
+class ProcessorImages:
+    """PIL images -> `(B, 3, H, W)` with a Hugging Face image processor (picklable, no model)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+class TransformImages:
+    """PIL images -> `(B, 3, H, W)` with a per-image transform (open_clip's training transform)."""
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(im) for im in images])
+
+
+def _world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` of every rank along dim 0; gradients flow back to each rank's part."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)  # (world * B, ...)
+
+
+def training_captions(data: str, selector: TextSelector, limit: int) -> list[str]:
+    """Up to `limit` training captions, in shard order, for a from-scratch tokenizer.
+
+    With `source=mix` every candidate caption counts (the web one and the synthetic ones), so the
+    vocabulary covers whatever the draws pick later. Every rank reads the same captions.
+    """
+    cfg = selector.cfg
+    limits = ReadLimits(decode_images=False, require_caption=cfg.source == "txt")
+    rng = random.Random(0)
+    captions: list[str] = []
+    for sample in iter_samples(data, limits):
+        if cfg.source == "mix":
+            web, synthetic = mix_pools(public_meta(sample["json"]), sample["caption"], cfg.mix_kept_only)
+            captions.extend(text for text, _ in web + synthetic)
+        elif (chosen := selector(sample, rng)) is not None:
+            captions.append(chosen[0])
+        if len(captions) >= limit:
+            break
+    if not captions:
+        raise ValueError(f"no training captions found in {data} for text.source={cfg.source}")
+    return captions[:limit]
