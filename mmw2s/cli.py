@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from mmw2s.config import ConfigError, describe, load_config
+from mmw2s.errors import StageError
 from mmw2s.stages import STAGES, Stage
 
 
@@ -56,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exn:
         print(f"mmw2s {stage.name}: config error: {exn}", file=sys.stderr)
         return 2
-    stage.load_runner()(cfg)
+    try:
+        stage.load_runner()(cfg)
+    except StageError as exn:
+        print(f"mmw2s {stage.name}: {exn}", file=sys.stderr)
+        return 1
     return 0
 
 

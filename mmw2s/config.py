@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,28 @@ MISSING = dataclasses.MISSING
 
 class ConfigError(ValueError):
     """A config file or override does not match the stage's schema."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users mean it (1.2 core schema): `no`/`on` stay strings, `2e-3` is a float.
+
+    PyYAML implements YAML 1.1, where `mixed_precision: no` is False and `lr: 2e-3` a string.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                              re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with the 1.2-style scalars above."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +78,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as exn:
         raise ConfigError(f"{p}: not valid YAML: {exn}") from None
     if not isinstance(data, dict):
@@ -72,7 +95,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return key, value

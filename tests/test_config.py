@@ -123,3 +123,17 @@ def test_saved_config_reloads_identically(tmp_path):
     cfg = load_config(Cfg, write(tmp_path, {"out": "a", "tags": ["x"]}), ["web.samples=9"])
     saved = save_config(cfg, tmp_path / "run")
     assert load_config(Cfg, saved) == cfg
+
+
+def test_yaml_scalars_read_as_users_mean_them(tmp_path):
+    @dataclass
+    class Precision:
+        mixed_precision: Literal["no", "bf16"] = "bf16"
+        lr: float = 1e-3
+        flag: bool = False
+
+    path = write(tmp_path, {})
+    path.write_text("mixed_precision: no\nlr: 2e-3\nflag: true\n")
+    cfg = load_config(Precision, path)
+    assert cfg == Precision(mixed_precision="no", lr=0.002, flag=True)
+    assert load_config(Precision, path, ["lr=5e-4", "mixed_precision=bf16"]).lr == 0.0005

@@ -28,6 +28,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from mmw2s.errors import StageError
 from mmw2s.config import save_config
 from mmw2s.train import checkpoint as ckpt
 from mmw2s.train.config import TrainConfig
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 LOSS_TAIL = 200  # (step, loss) pairs kept in trainer_state.json
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(StageError):
     """The loss (or gradient) was non-finite for `max_nonfinite_in_a_row` steps in a row."""
 
 
