@@ -1,0 +1,111 @@
+"""Config schema of `mmw2s bench` (kept light: no torch import, `mmw2s --help` loads it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+COMPARISONS = ("bootstrap", "train", "eval", "loading", "memory")
+
+
+@dataclass
+class WorldSize:
+    """The synthetic world the bench builds under `out/world` (reused when already complete)."""
+
+    samples_per_shard: int = field(default=32, metadata={"help": "samples per web / test shard"})
+    web_shards: int = field(default=16, metadata={"help": "web shards (the memory row's large run "
+                                                           "reads memory.large_shards of them)"})
+    test_samples: int = field(default=256, metadata={"help": "test split size (the eval benchmark)"})
+    image_size: int = field(default=64, metadata={"help": "side of the images in pixels"})
+
+
+@dataclass
+class BootstrapBench:
+    """The bootstrap row: end-to-end images/s vs the forward passes alone (the ceiling)."""
+
+    shards: int = field(default=4, metadata={"help": "web shards bootstrapped end to end"})
+    batch_size: int = field(default=16, metadata={"help": "images per forward pass (both sides)"})
+    num_captions: int = field(default=2, metadata={"help": "synthetic captions per image"})
+    max_new_tokens: int = field(default=12, metadata={"help": "longest synthetic caption in tokens"})
+    filter: Literal["clip", "blip"] = field(default="clip", metadata={"help": "the filter kind"})
+    captioner: str = field(default="blip-tiny", metadata={"help": "registered captioner config (built "
+                                                                  "from scratch) or a saved folder / hub id"})
+    filter_model: str = field(default="mmw2s-conv-tiny", metadata={
+        "help": "the filter: open_clip arch (clip) or BLIP ITM config / folder (blip)"})
+
+
+@dataclass
+class TrainBench:
+    """The training row: `mmw2s train task=clip` vs open_clip_train, same everything."""
+
+    arch: str = field(default="mmw2s-conv-tiny", metadata={"help": "open_clip architecture of both runs"})
+    batch_size: int = field(default=32, metadata={"help": "samples per step (both runs)"})
+    steps: int = field(default=24, metadata={"help": "optimizer steps of each run"})
+    log_every: int = field(default=4, metadata={"help": "steps per timed window; the first window "
+                                                        "(warm-up: start of workers, shuffle buffers) is dropped"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of both runs"})
+
+
+@dataclass
+class EvalBench:
+    """The evaluation row: `mmw2s eval` vs CLIP_benchmark on one webdataset benchmark folder."""
+
+    suite: str = field(default="color", metadata={"help": "world suite exported as a CLIP_benchmark "
+                                                          "classification folder (color, shape, size, position)"})
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass (both sides)"})
+    repeats: int = field(default=2, metadata={"help": "timed passes per side, interleaved; the best counts"})
+
+
+@dataclass
+class LoadingBench:
+    """The data-loading row: our shard reader vs a plain webdataset.WebDataset loop."""
+
+    repeats: int = field(default=2, metadata={"help": "timed passes per side, interleaved; the best counts"})
+
+
+@dataclass
+class MemoryBench:
+    """The memory row: peak RSS of a bootstrap over few shards vs many of the same size."""
+
+    small_shards: int = field(default=2, metadata={"help": "shards of the small run"})
+    large_shards: int = field(default=16, metadata={"help": "shards of the large run (<= world.web_shards)"})
+
+
+@dataclass
+class BenchConfig:
+    """`mmw2s bench`: ratios of our stages vs the tools users would pick instead, measured side by side."""
+
+    out: str = field(metadata={"help": "folder: world/, models/, runs of both sides, bench.json"})
+    only: list[str] = field(default_factory=lambda: list(COMPARISONS), metadata={
+        "help": f"comparisons to run, of {list(COMPARISONS)}"})
+    threads: int = field(default=1, metadata={
+        "help": "torch intra-op threads of every measured process, both sides (OMP_NUM_THREADS too)"})
+    workers: int = field(default=1, metadata={"help": "data-loader workers of both sides"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "auto: CUDA when present, else CPU; the same device for both sides"})
+    precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
+        "help": "auto: bf16 on CUDA, fp32 on CPU; the same precision for both sides"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the in-process models (ceiling and eval, both sides) when CUDA is present"})
+    seed: int = field(default=0, metadata={"help": "seed of the world and the models"})
+    world: WorldSize = field(default_factory=WorldSize, metadata={"help": "the synthetic world"})
+    bootstrap: BootstrapBench = field(default_factory=BootstrapBench, metadata={"help": "bootstrap row"})
+    train: TrainBench = field(default_factory=TrainBench, metadata={"help": "training row"})
+    eval: EvalBench = field(default_factory=EvalBench, metadata={"help": "evaluation row"})
+    loading: LoadingBench = field(default_factory=LoadingBench, metadata={"help": "data-loading row"})
+    memory: MemoryBench = field(default_factory=MemoryBench, metadata={"help": "memory row"})
+
+    def validate(self) -> None:
+        """Raise ValueError for unknown comparisons or sizes the world cannot serve."""
+        unknown = sorted(set(self.only) - set(COMPARISONS))
+        if unknown:
+            raise ValueError(f"only: unknown comparisons {unknown}; choose from {list(COMPARISONS)}")
+        if self.threads < 1 or self.workers < 0:
+            raise ValueError("threads must be >= 1 and workers >= 0")
+        most = max(self.bootstrap.shards, self.memory.large_shards, self.memory.small_shards)
+        if most > self.world.web_shards:
+            raise ValueError(f"world.web_shards={self.world.web_shards} is fewer than the {most} shards "
+                             "bootstrap.shards / memory.*_shards ask for")
+        if self.eval.repeats < 1 or self.loading.repeats < 1:
+            raise ValueError("repeats must be >= 1")
+        if self.train.log_every < 1 or self.train.steps < 2 * self.train.log_every:
+            raise ValueError("train.steps must cover at least two log windows (the first is warm-up)")
