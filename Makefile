@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mmw2s world out=$(DEMO_OUT)/world
+	$(VENV)/bin/mmw2s run --config configs/demo.yaml out=$(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
