@@ -440,3 +440,13 @@ def test_bf16_with_gradient_accumulation_after_a_full_precision_run(shards, tmp_
     state = read_trainer_state(tmp_path / "bf16" / "final")
     assert state["batches_consumed"] == 4 and state["samples_seen"] == 32
     assert len(loss_history(tmp_path / "bf16")) == 2
+
+
+def test_flagged_sample_with_nothing_kept_is_never_trained_on():
+    """`nothing_kept=flag` writes no .txt; the reader's fallback caption is the rejected alt-text."""
+    sample = {"caption": "click here to buy", "json": {
+        "caption": "click here to buy",
+        "mmw2s": {"web_caption": "click here to buy", "web_kept": False, "synthetic": [],
+                  "chosen": None, "nothing_kept": True}}}
+    for source in ("txt", "json", "mix"):
+        assert TextSelector(TextConfig(source=source))(sample, random.Random(0)) is None, source

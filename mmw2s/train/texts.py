@@ -64,6 +64,10 @@ class TextSelector:
             text = gold_text(meta)
             return (text, 1.0) if text else None
         meta = public_meta(meta)
+        if get_dotted(meta, "mmw2s.nothing_kept") is True:
+            # A bootstrapped sample whose every caption the filter rejected (nothing_kept=flag) has
+            # no .txt; the reader's fallback to json["caption"] would be the rejected alt-text.
+            return None
         if source == "mix":
             return self._mix(meta, sample.get("caption"), rng)
         text = sample.get("caption") if source == "txt" else get_dotted(meta, self.cfg.field)
