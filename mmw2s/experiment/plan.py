@@ -29,10 +29,14 @@ class Step:
     out: Path
 
 
-def config_key(data: dict) -> str:
-    """A short, stable hash of a config (its output path excluded)."""
+def config_key(data: dict, root: Path | None = None) -> str:
+    """A short, stable hash of a config, without its output path and relative to the run folder
+    (so a copied or moved run folder keeps its keys)."""
     body = {k: v for k, v in data.items() if k != "out"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    text = json.dumps(body, sort_keys=True, default=str)
+    if root is not None:
+        text = text.replace(str(root), "<run>")
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -54,7 +58,7 @@ class Planner:
         self.steps: list[Step] = []
 
     def add(self, name: str, stage: str, schema: type, data: dict, section: str) -> Step:
-        out = self.root / f"{name}-{config_key(data)}"
+        out = self.root / f"{name}-{config_key(data, self.root)}"
         data = dict(data, out=str(out))
         # Keys are named as the experiment file spells them: `student.lr`, `bootstrap.decoding...`
         cfg = build(schema, data, self.source, prefix=f"{section}.")
