@@ -157,25 +157,3 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def plot_lines(xs: Sequence[float], series: Mapping[str, Sequence[tuple[float | None, float | None]]],
-               path: Path, xlabel: str, ylabel: str, title: str) -> Path:
-    """A sweep plot: one line per series, mean with a std band (for the experiment configs)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, points in series.items():
-        pts = [(x, m, s or 0.0) for x, (m, s) in zip(xs, points) if m is not None]
-        if not pts:
-            continue
-        x, m, s = zip(*pts)
-        ax.plot(x, m, marker="o", label=name)
-        ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
