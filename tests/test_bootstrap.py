@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines.shards import ReadLimits, ShardEnd, ShardWriter, Skip, is_complete, iter_samples
+from mmw2s.errors import StageError
 from mmw2s.bootstrap.stages import (Batch, Selection, batch_seed, batch_stage, caption_stage, decide,
                                     decide_stage, score_stage)
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds, top_fraction_threshold
@@ -329,7 +330,7 @@ def test_rerun_skips_complete_shards_and_redoes_partial_ones(world, tiny_models,
     summary = bootstrap(world, tiny_models, out)
     assert summary["images_this_run"] == 16 and (out / "shards" / "00000.tar").stat().st_mtime_ns == before
     assert decisions(out) == decisions(reference[0]) and not list(out.glob("shards/*.partial"))
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(StageError, match="other settings"):
         bootstrap(world, tiny_models, out, "seed=1")
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 from data_pipelines.shards import (ReadLimits, event_pipeline, expand_urls, is_complete,
                                    shard_events, shard_name, stats_path, write_json_atomic)
 
+from mmw2s.errors import StageError
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.bootstrap.stages import Batch, Selection, batch_stage, caption_stage, decide_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
@@ -125,10 +126,10 @@ def input_urls(spec: str) -> list[str]:
     names = [shard_name(u) for u in urls]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
-        raise ValueError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
+        raise StageError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
                          "so bootstrap each folder into its own out=")
     if not urls:
-        raise ValueError(f"no input shards in {spec!r}")
+        raise StageError(f"no input shards in {spec!r}")
     return urls
 
 
@@ -152,7 +153,7 @@ def _done(out: Path, url: str, fingerprint: str) -> bool:
         return False
     made_by = json.loads(stats_path(path).read_text()).get("fingerprint")
     if made_by != fingerprint:
-        raise ValueError(f"{path} was bootstrapped with other settings (fingerprint {made_by}, now "
+        raise StageError(f"{path} was bootstrapped with other settings (fingerprint {made_by}, now "
                          f"{fingerprint}); use another out= or delete {out / 'shards'} to redo it")
     return True
 
@@ -178,7 +179,7 @@ def resolve_thresholds(cfg: BootstrapConfig, load_models: Callable[[], Any], url
         else (thresholds.web_fraction, thresholds.synthetic_fraction, thresholds.calibration_samples)
         == (expected.web_fraction, expected.synthetic_fraction, expected.calibration_samples))
     if not same:
-        raise ValueError(f"{out}/thresholds.json holds {thresholds.to_json()}, which the config's thresholds "
+        raise StageError(f"{out}/thresholds.json holds {thresholds.to_json()}, which the config's thresholds "
                          f"{asdict(expected)} did not make; use another out= or delete that file")
     return thresholds
 
