@@ -126,7 +126,7 @@ def plot_pgr(pgr_rows: Mapping[str, Mapping[str, tuple[float | None, float | Non
                 xs.append(j + i * width)
                 ys.append(mean)
                 errs.append(std or 0.0)
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=student)
+        ax.bar(xs, ys, width, yerr=errs if any(errs) else None, capsize=3, label=student)
     ax.axhline(0, color="black", lw=0.8)
     ax.axhline(1, color="gray", lw=0.8, ls="--")
     ax.set_xticks([j + width * (len(students) - 1) / 2 for j in range(len(benchmarks))])
