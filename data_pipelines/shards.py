@@ -340,6 +340,25 @@ def is_complete(shard_path: str | os.PathLike) -> bool:
     return Path(shard_path).exists() and stats_path(shard_path).exists()
 
 
+class OtherSettings(ValueError):
+    """A complete shard was made by other settings than the run that found it."""
+
+
+def complete_with(shard_path: str | os.PathLike, fingerprint: str) -> bool:
+    """Whether the shard is complete *and* its stats record `fingerprint` (the settings that made it).
+
+    False for a missing or partial shard (redo it); raises `OtherSettings` for a complete shard made
+    by other settings, so a rerun never mixes the outputs of two configs.
+    """
+    if not is_complete(shard_path):
+        return False
+    made_by = json.loads(stats_path(shard_path).read_text()).get("fingerprint")
+    if made_by != fingerprint:
+        raise OtherSettings(f"{shard_path} was made with other settings "
+                            f"(fingerprint {made_by}, now {fingerprint})")
+    return True
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON to `path` via a temporary file and a rename, so readers never see half a file."""
     path = Path(path)

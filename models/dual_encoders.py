@@ -21,7 +21,6 @@ from typing import Any, Callable
 import open_clip
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from open_clip.push_to_hf_hub import save_config_for_hf
 from PIL import Image

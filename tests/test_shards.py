@@ -197,3 +197,14 @@ def test_worker_pipeline_keeps_each_shard_together(tmp_path):
 ])
 def test_shard_names_follow_img2dataset_ids(url, name):
     assert shard_name(url) == name
+
+
+def test_complete_with_tells_missing_matching_and_other_settings_apart(tmp_path):
+    from data_pipelines.shards import OtherSettings, complete_with
+
+    path = tmp_path / "00000.tar"
+    assert not complete_with(path, "abc")  # nothing yet: redo
+    make_shard(path, [good(0)], {"count": 1, "fingerprint": "abc"})
+    assert complete_with(path, "abc")  # made by these settings: skip
+    with pytest.raises(OtherSettings, match="fingerprint abc, now xyz"):
+        complete_with(path, "xyz")  # made by other settings: refuse to mix

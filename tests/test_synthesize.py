@@ -17,6 +17,7 @@ from PIL import Image
 from data_pipelines.instructions import (IMAGE_PLACEHOLDER, MalformedResponse, attach_records, caption_turns,
                                          dialogue, image_member, make_record, parse_turns, read_llava_json)
 from data_pipelines.shards import ShardWriter, is_complete, iter_samples
+from mmw2s.errors import StageError
 from mmw2s.config import load_config
 from mmw2s.synthesize.answers import answer_from_caption
 from mmw2s.synthesize.backends import ApiBackend, Request
@@ -159,7 +160,7 @@ def test_template_output_is_deterministic_and_a_rerun_skips_complete_shards(tmp_
     run(cfg)
     assert stats.stat().st_mtime_ns == mtime  # skipped, not rewritten
     assert (tmp_path / "out" / "llava.json").read_bytes() == first
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(StageError, match="other settings"):
         run(config(tmp_path, input=str(tmp_path / "in"), seed=1))
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.shards import (ReadLimits, event_pipeline, expand_urls, is_complete,
+from data_pipelines.shards import (OtherSettings, ReadLimits, complete_with, event_pipeline, expand_urls,
                                    shard_events, shard_name, stats_path, write_json_atomic)
 
 from mmw2s.errors import StageError
@@ -148,14 +148,10 @@ def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:
 
 def _done(out: Path, url: str, fingerprint: str) -> bool:
     """Whether the output of `url` is complete, after checking it was made by these settings."""
-    path = output_path(out / "shards", url)
-    if not is_complete(path):
-        return False
-    made_by = json.loads(stats_path(path).read_text()).get("fingerprint")
-    if made_by != fingerprint:
-        raise StageError(f"{path} was bootstrapped with other settings (fingerprint {made_by}, now "
-                         f"{fingerprint}); use another out= or delete {out / 'shards'} to redo it")
-    return True
+    try:
+        return complete_with(output_path(out / "shards", url), fingerprint)
+    except OtherSettings as exn:
+        raise StageError(f"{exn}; use another out= or delete {out / 'shards'} to redo it") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def merge(base: dict, extra: dict) -> dict:
 class Planner:
     """Builds the steps of one seed, validating each section against its stage's schema."""
 
-    def __init__(self, cfg: ExperimentConfig, source: str, seed: int, root: Path) -> None:
-        self.cfg, self.source, self.seed, self.root = cfg, source, seed, root
+    def __init__(self, source: str, root: Path) -> None:
+        self.source, self.root = source, root
         self.steps: list[Step] = []
 
     def add(self, name: str, stage: str, schema: type, data: dict, section: str) -> Step:
@@ -75,7 +75,7 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     from mmw2s.evaluate.config import EvalConfig
     from mmw2s.train.config import TrainConfig
 
-    p = Planner(cfg, source, seed, Path(cfg.out) / f"seed_{seed}")
+    p = Planner(source, Path(cfg.out) / f"seed_{seed}")
     world = p.add("world", "world", WorldConfig, merge(cfg.world, {"seed": seed}), "world")
     world_dir = Path(world.cfg.out)
     captioner = _plan_captioner(p, cfg, world_dir, seed, TrainConfig)

@@ -24,8 +24,9 @@ from typing import Any, Iterator
 
 from data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from data_pipelines.shards import ReadLimits, ShardEnd, ShardWriter, Skip, expand_urls, is_complete, \
+from data_pipelines.shards import OtherSettings, ReadLimits, complete_with, ShardEnd, ShardWriter, Skip, expand_urls, is_complete, \
     shard_events, shard_name, stats_path, write_json_atomic
+from mmw2s.errors import StageError
 from mmw2s.synthesize.backends import ApiBackend, LocalBackend, Request, Response, TemplateBackend, \
     request_seed, usage_cost
 from mmw2s.synthesize.cache import ResponseCache
@@ -115,14 +116,11 @@ def records_path(out: Path, url: str) -> Path:
 
 def shard_done(out: Path, url: str, fingerprint: str) -> bool:
     """Whether ``url`` is complete here, after checking the same settings made it."""
-    path = images_path(out, url)
-    if not (is_complete(path) and records_path(out, url).exists()):
-        return False
-    made_by = json.loads(stats_path(path).read_text()).get("fingerprint")
-    if made_by != fingerprint:
-        raise ValueError(f"{path} was synthesized with other settings (fingerprint {made_by}, now {fingerprint}); "
-                         f"use another out= or delete {out / 'images'} and {out / 'instructions'}")
-    return True
+    try:
+        return complete_with(images_path(out, url), fingerprint) and records_path(out, url).exists()
+    except OtherSettings as exn:
+        raise StageError(f"{exn}; use another out= or delete {out / 'images'} and "
+                         f"{out / 'instructions'}") from None
 
 
 # --------------------------------------------------------------------------------------------
