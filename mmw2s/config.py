@@ -8,6 +8,8 @@ the closest valid key. Nothing downstream ever sees an untyped dict of options.
 """
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import difflib
 import os
@@ -72,18 +74,43 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None,
     return build(schema, raw, source + (" + overrides" if overrides else ""))
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML mapping; a missing file or a non-mapping top level is a `ConfigError`."""
+BASE_KEY = "base"
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML mapping; a missing file or a non-mapping top level is a `ConfigError`.
+
+    A top-level `base: other.yaml` (relative to this file) is read first and this file's keys are
+    deep-merged over it, so an experiment variant states only what it changes.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}" + (f" (base of {_seen[-1]})" if _seen else ""))
+    if p.resolve() in _seen:
+        raise ConfigError(f"{p}: `base` files form a cycle: {' -> '.join(map(str, _seen))}")
     try:
         data = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as exn:
         raise ConfigError(f"{p}: not valid YAML: {exn}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return data
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: `base` must be the path of a YAML file, got {base!r}")
+    return deep_merge(read_yaml(p.parent / base, (*_seen, p.resolve())), data)
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """A copy of `base` with `extra` merged in: mappings merge key by key, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:

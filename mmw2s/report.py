@@ -42,11 +42,13 @@ def pgr(student: float | None, weak: float | None, ceiling: float | None,
 
 
 def pgr_table(scores: Mapping[str, Mapping[str, float | None]], weak_models: Sequence[str],
-              students: Sequence[str], ceiling: str) -> dict[str, dict[str, float | None]]:
+              students: Sequence[str], ceiling: str,
+              min_gap: float = 1e-6) -> dict[str, dict[str, float | None]]:
     """PGR of each student per benchmark against the best weak teacher on that benchmark.
 
     `scores[model][benchmark]` are headline numbers. Returns `{student: {benchmark: pgr, "mean": m}}`
-    where the mean is over benchmarks with a defined PGR (None if there is none).
+    where the mean is over benchmarks with a defined PGR (None if there is none). A benchmark whose
+    ceiling beats the best weak teacher by `min_gap` or less has no gap to recover: PGR is None.
     """
     benchmarks = sorted({b for m in scores.values() for b in m})
     table: dict[str, dict[str, float | None]] = {}
@@ -55,7 +57,7 @@ def pgr_table(scores: Mapping[str, Mapping[str, float | None]], weak_models: Seq
         for bench in benchmarks:
             weak = best_weak(scores, weak_models, bench)
             row[bench] = pgr(scores.get(student, {}).get(bench), weak,
-                             scores.get(ceiling, {}).get(bench))
+                             scores.get(ceiling, {}).get(bench), min_gap)
         defined = [v for v in row.values() if v is not None]
         row["mean"] = sum(defined) / len(defined) if defined else None
         table[student] = row
@@ -152,7 +154,36 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path,
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(xs: Sequence[object], series: Mapping[str, Sequence[tuple[float | None, float | None]]],
+               path: Path, xlabel: str, ylabel: str, title: str,
+               refs: Sequence[float] = ()) -> Path:
+    """One line per series over categorical x values, with std error bars; None points are gaps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    positions = list(range(len(xs)))
+    for name, points in series.items():
+        px = [x for x, (m, _) in zip(positions, points) if m is not None]
+        py = [m for m, _ in points if m is not None]
+        errs = [s or 0.0 for m, s in points if m is not None]
+        if px:
+            ax.errorbar(px, py, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+    for ref in refs:
+        ax.axhline(ref, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(positions)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

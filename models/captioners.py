@@ -207,6 +207,10 @@ class Captioner:
         if tokenizer.pad_token is None:  # GPT-2 tokenizers have none; eos is the usual stand-in
             tokenizer.pad_token = tokenizer.eos_token
         image_processor = AutoImageProcessor.from_pretrained(name_or_path)
+        positions = _text_positions(model.config)
+        if positions is not None and max_length > positions:
+            # a longer text would index past the decoder's position table: truncate to what it has
+            max_length = positions
         return cls(model.eval(), tokenizer, image_processor, max_length=max_length)
 
     def _core(self) -> PreTrainedModel:
@@ -251,3 +255,12 @@ def _decoding_kwargs(method: str, num_captions: int, top_p: float, num_beams: in
             raise ValueError("greedy decoding gives one caption per image; use nucleus or beam for more")
         return dict(do_sample=False, num_beams=1)
     raise ValueError(f"unknown decoding method {method!r}; expected one of {DECODING_METHODS}")
+
+
+def _text_positions(config: Any) -> int | None:
+    """The decoder's ``max_position_embeddings`` (BLIP: text_config; VisionEncoderDecoder: decoder)."""
+    for part in ("text_config", "decoder"):
+        sub = getattr(config, part, None)
+        if sub is not None and getattr(sub, "max_position_embeddings", None):
+            return int(sub.max_position_embeddings)
+    return None

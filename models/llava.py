@@ -210,6 +210,13 @@ class LlavaStudent(nn.Module):
         self.lm.requires_grad_(stage == 2)
         return [n for n, on in (("vision", train_vision), ("projector", True), ("lm", stage == 2)) if on]
 
+    def train(self, mode: bool = True) -> "LlavaStudent":
+        """Train mode everywhere except a frozen vision tower, whose norm statistics must not move."""
+        super().train(mode)
+        if not self.vision_trainable:
+            self.vision.eval()
+        return self
+
     # ---- inputs -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -239,3 +239,24 @@ def test_evaluate_model_api_with_a_scorer_and_itc_mode(tiny_setup, tmp_path):
     assert set(results["world:shape"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert (tmp_path / "itc__world-shape.json").is_file()
     assert not math.isnan(results["world:shape"]["acc1"])
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    from mmw2s.evaluate.metrics import confusion_matrix
+
+    pred, target = torch.tensor([0, 2, 2, 1, 2]), torch.tensor([0, 0, 2, 1, 1])
+    assert confusion_matrix(pred, target, 3).tolist() == [[1, 0, 1], [0, 1, 1], [0, 0, 1]]
+    labels = [0, 1, 2, 2]
+    examples = [Example(im, str(i), label=lab) for i, (im, lab) in enumerate(zip(_images(labels), labels))]
+    cls = Benchmark("stub", CLASSIFICATION, lambda: iter(examples), COLOR_NAMES, ["{c}"])
+    _, details = run_task(_OracleStub(), cls, TaskSettings(batch_size=3))
+    assert details["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
+
+
+def test_retrieval_images_puts_every_scorer_on_the_same_images():
+    ret = [Example(im, texts=[f"a {COLOR_NAMES[i % 3]} square"]) for im, i in zip(_images([0, 1, 2] * 3), range(9))]
+    bench = Benchmark("r", RETRIEVAL, lambda: iter(ret))
+    _, everything = run_task(_OracleStub(), bench, TaskSettings(batch_size=4))
+    _, subset = run_task(_OracleStub(), bench, TaskSettings(batch_size=4, retrieval_images=3))
+    assert (everything["images"], subset["images"]) == (9, 3)
+    assert subset["texts"] == 3 and "notes" not in subset

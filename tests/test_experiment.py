@@ -3,7 +3,7 @@ import pytest
 
 from mmw2s.config import ConfigError, load_config
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import plan
+from mmw2s.experiment.plan import plan, plan_variants, run_order
 from mmw2s.report import fmt, headline, mean_std, pgr, pgr_table
 from mmw2s.stages import CONFIG_DIR
 
@@ -75,3 +75,124 @@ def test_headline_and_seed_statistics():
     mean, std, n = mean_std([0.4, 0.6, None])
     assert (mean, n) == (pytest.approx(0.5), 2) and std == pytest.approx(0.1414, abs=1e-3)
     assert mean_std([0.5])[1] is None and fmt(0.5, 0.02) == "50.0 ± 2.0"
+
+
+EXPERIMENTS = CONFIG_DIR / "experiments"
+
+
+def test_pgr_min_gap_makes_a_noise_sized_gap_undefined():
+    scores = {"weak_captioner": {"a": 0.50, "b": 0.40}, "weak_filter": {"a": 0.1, "b": 0.1},
+              "student_x": {"a": 0.51, "b": 0.60}, "student_gold": {"a": 0.515, "b": 0.80}}
+    row = pgr_table(scores, ["weak_captioner", "weak_filter"], ["student_x"], "student_gold",
+                    min_gap=0.02)["student_x"]
+    assert row["a"] is None  # a 1.5-point gap is within noise: no PGR, not 0.67
+    assert row["b"] == pytest.approx(0.5) and row["mean"] == pytest.approx(0.5)
+
+
+def test_experiment_configs_state_only_what_they_change_over_the_demo():
+    demo = load_config(ExperimentConfig, DEMO)
+    rounds = load_config(ExperimentConfig, EXPERIMENTS / "rounds.yaml")
+    assert rounds.rounds == 3 and rounds.out != demo.out
+    assert rounds.student == demo.student and rounds.bootstrap == demo.bootstrap  # from `base:`
+
+
+def test_student_size_sweep_shares_every_stage_upstream_of_the_students(tmp_path):
+    cfg = load_config(ExperimentConfig, EXPERIMENTS / "student_size.yaml", [f"out={tmp_path}"])
+    variants = plan_variants(cfg)
+    assert [v.value for v in variants] == cfg.sweep.values
+    archs = [next(s for s in v.steps_by_seed[0] if s.name == "student_gold").cfg.dual_encoder.arch
+             for v in variants]
+    assert archs == cfg.sweep.values
+    steps = run_order(variants)[0]
+    names = [s.name for s in steps]
+    # world, teachers and bootstrap run once; each size trains its own students and eval
+    assert names.count("world") == 1 and names.count("bootstrap") == 1 and names.count("weak_captioner") == 1
+    assert names.count("student_gold") == 3 and names.count("eval") == 3
+    assert len({s.out for s in steps if s.name == "student_gold"}) == 3
+
+
+def test_noise_sweep_makes_a_world_per_rate(tmp_path):
+    cfg = load_config(ExperimentConfig, EXPERIMENTS / "noise.yaml", [f"out={tmp_path}"])
+    worlds = [next(s for s in v.steps_by_seed[0] if s.stage == "world").cfg for v in plan_variants(cfg)]
+    rates = [1.0 - w.noise.fractions()["correct"] for w in worlds]
+    assert rates == pytest.approx(cfg.sweep.values)
+    assert len({w.out for w in worlds}) == len(worlds)
+
+
+def test_sweep_over_an_unknown_key_fails_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="wrld"):
+        load_config(ExperimentConfig, EXPERIMENTS / "noise.yaml", [f"out={tmp_path}", "sweep.key=wrld.noise"])
+    with pytest.raises(ConfigError, match="noise.totl"):
+        load_config(ExperimentConfig, EXPERIMENTS / "noise.yaml", [f"out={tmp_path}", "sweep.key=world.noise.totl"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_rounds_filter_with_the_previous_rounds_student(tmp_path):
+    steps = plan(load_config(ExperimentConfig, EXPERIMENTS / "rounds.yaml", [f"out={tmp_path}"]))[0]
+    by_name = {s.name: s for s in steps}
+    r1, r2 = by_name["student_bootstrapped"], by_name["student_bootstrapped_r2"]
+    assert by_name["bootstrap_r2"].cfg.filter.dual_encoder.arch == f"local-dir:{r1.out / 'final'}"
+    assert by_name["bootstrap_r3"].cfg.filter.dual_encoder.arch == f"local-dir:{r2.out / 'final'}"
+    assert by_name["bootstrap_r2"].cfg.captioner == by_name["bootstrap"].cfg.captioner
+    evaluated = [m.name for m in by_name["eval"].cfg.models]
+    assert {"student_bootstrapped_r2", "student_bootstrapped_r3"} <= set(evaluated)
+    assert "audit_bootstrap_r3" in by_name
+    with pytest.raises(ConfigError, match="bootstrapped"):
+        load_config(ExperimentConfig, EXPERIMENTS / "rounds.yaml",
+                    [f"out={tmp_path}", "students=[web,gold]"])
+
+
+def test_base_files_merge_and_report_cycles(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nseed: 3\nstudent: {lr: 0.01}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {DEMO}\n")
+    cfg = load_config(ExperimentConfig, tmp_path / "a.yaml")
+    demo = load_config(ExperimentConfig, DEMO)
+    assert cfg.seed == 3 and cfg.student["lr"] == 0.01
+    assert cfg.student["steps"] == demo.student["steps"]  # merged key by key, not replaced
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(ExperimentConfig, tmp_path / "c.yaml")
+
+
+def _fake_eval(step, scores: dict, purple_called_blue: dict) -> None:
+    """Write what `mmw2s eval` writes (summary.json, colour-suite JSONs with a confusion matrix)."""
+    import json
+    from pathlib import Path
+
+    from data_pipelines.world import COLORS
+
+    out = Path(step.cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {m: {b: {"acc1": v} for b, v in by.items()} for m, by in scores.items()}
+    (out / "summary.json").write_text(json.dumps(summary))
+    purple, blue = COLORS.index("purple"), COLORS.index("blue")
+    for model, rate in purple_called_blue.items():
+        confusion = [[0] * len(COLORS) for _ in COLORS]
+        confusion[purple][blue], confusion[purple][purple] = int(rate * 100), 100 - int(rate * 100)
+        record = {"model": model, "dataset": "world:color", "metrics": {}, "details": {"confusion": confusion}}
+        (out / f"{model}__world-color.json").write_text(json.dumps(record))
+
+
+def test_bias_sweep_report_plots_pgr_and_inherited_bias(tmp_path):
+    from mmw2s.experiment.summary import write_sweep_report
+
+    cfg = load_config(ExperimentConfig, EXPERIMENTS / "bias.yaml", [f"out={tmp_path}", "headline=[world:color]"])
+    variants = plan_variants(cfg)
+    for i, variant in enumerate(variants):  # the bias grows with the rate; the gold ceiling stays clean
+        rate = cfg.sweep.values[i]
+        scores = {"weak_captioner": {"world:color": 0.5}, "weak_filter": {"world:color": 0.4},
+                  "student_web": {"world:color": 0.45}, "student_filtered": {"world:color": 0.6},
+                  "student_bootstrapped": {"world:color": 0.7}, "student_gold": {"world:color": 0.9}}
+        _fake_eval(next(s for s in variant.steps_by_seed[0] if s.stage == "eval"), scores,
+                   {"weak_captioner": 0.9 * rate, "student_bootstrapped": 0.6 * rate, "student_gold": 0.0})
+    report = write_sweep_report(cfg, variants)
+    text = report.read_text()
+    assert "| bias rate (purple called blue) |" in text and "0.50" in text  # PGR (0.7-0.5)/(0.9-0.5)
+    assert (tmp_path / "sweep_pgr.png").stat().st_size > 0 and (tmp_path / "sweep_bias.png").stat().st_size > 0
+    bias_rows = text.split("## Bias inherited")[1]
+    assert "90.0" in bias_rows and "60.0" in bias_rows  # teacher 90% at rate 1, student inherits 60%
+    per_value = sorted((tmp_path / "sweep").iterdir())
+    assert len(per_value) == 3 and all((p / "report.md").exists() for p in per_value)
+    assert "## Systematic bias" in (per_value[-1] / "report.md").read_text()
+    assert "## Systematic bias" not in (per_value[0] / "report.md").read_text()  # rate 0: nothing to show

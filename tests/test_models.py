@@ -417,3 +417,14 @@ def test_losses_registry_builds_each_loss():
         build_loss("weighted")(img, txt, 10.0)
     with pytest.raises(KeyError):
         build_loss("focal")
+
+
+def test_captioner_scores_texts_longer_than_its_position_table(pairs, tmp_path):
+    images, captions = pairs
+    cap = build_captioner(CaptionerSpec(name="blip-tiny", max_length=12), train_captions=captions)
+    cap.save(tmp_path)
+    again = Captioner.load(tmp_path, max_length=32)  # an eval config's default, longer than the model's
+    assert again.max_length == 12
+    long_text = " ".join(captions) * 3
+    scores = again.log_likelihood(again.preprocess(images[:2]), [long_text, long_text])
+    assert torch.isfinite(scores).all()

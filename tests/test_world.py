@@ -288,3 +288,30 @@ def test_objects_stand_out_from_the_background_in_their_colour():
                 seen = pixels[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3).mean(axis=0)
                 errors.append(np.abs(seen - np.array(COLOR_RGB[obj["color"]])).max())
     assert np.median(errors) < 15 and np.max(errors) < 40
+
+
+def test_noise_total_rescales_the_mix_of_noise_types():
+    noise = NoiseConfig(total=0.8)
+    fractions = noise.fractions()
+    assert fractions["correct"] == pytest.approx(0.2)
+    default = NoiseConfig().fractions()
+    assert fractions["mismatched"] / fractions["boilerplate"] == pytest.approx(
+        default["mismatched"] / default["boilerplate"])  # the mix stays, only the rate changes
+    counts = Counter(s["json"]["truth"]["noise_type"] for s in web_samples(400, noise=noise))
+    assert counts["correct"] / 400 == pytest.approx(0.2, abs=0.05)
+    with pytest.raises(ValueError, match="noise.total"):
+        NoiseConfig(total=1.5).validate()
+
+
+def test_bias_on_the_clean_split_teaches_teachers_the_bias_but_not_the_truth():
+    def clean(bias: BiasConfig) -> list[dict]:
+        cfg = small_config(Path("unused"), samples_per_shard=300, clean=SplitConfig(300), bias=bias)
+        return list(shard_samples(cfg, "clean", 0, 300))
+
+    biased = clean(BiasConfig(source="purple", target="blue", rate=1.0, clean=True))
+    web_only = clean(BiasConfig(source="purple", target="blue", rate=1.0))
+    purple = [s for s in biased if any(o["color"] == "purple" for o in s["json"]["truth"]["scene"]["objects"])]
+    assert purple and all("purple" not in s["txt"] and "blue" in s["txt"] for s in purple)
+    assert all("purple" in s["json"]["truth"]["gold_caption"] for s in purple)  # the truth stays true
+    assert all(s["txt"] == s["json"]["truth"]["gold_caption"] for s in web_only)  # default: web only
+    assert [s["jpg"] for s in biased] == [s["jpg"] for s in web_only]

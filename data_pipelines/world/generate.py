@@ -65,6 +65,8 @@ def fingerprint(cfg: WorldConfig, split: str) -> str:
             "jpeg_quality": cfg.jpeg_quality}
     if split == "web":  # gold splits do not depend on the noise model
         keys.update(noise=asdict(cfg.noise), bias=asdict(cfg.bias))
+    elif split == "clean" and cfg.bias.clean:
+        keys.update(bias=asdict(cfg.bias))
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -93,9 +95,12 @@ def shard_samples(cfg: WorldConfig, split: str, index: int, count: int) -> Itera
     golds = [gold_caption(scene) for scene in scenes]
     noisy = split == "web"
     types = choose_noise_types(noise_rng, count, cfg.noise) if noisy else ["correct"] * count
+    biased_clean = split == "clean" and cfg.bias.clean
     for i, (scene, gold, noise_type) in enumerate(zip(scenes, golds, types)):
-        caption, noise_type, biased = (
-            web_caption(scene, noise_type, golds, cfg.bias, noise_rng) if noisy else (gold, noise_type, False))
+        if noisy or biased_clean:  # a biased clean caption is a correct one the bias may change
+            caption, noise_type, biased = web_caption(scene, noise_type, golds, cfg.bias, noise_rng)
+        else:
+            caption, biased = gold, False
         jpeg = encode_jpeg(render_scene(scene, cfg.image_size, render_rng), cfg.jpeg_quality)
         yield make_sample(f"{index:05d}{i:04d}", split, jpeg, caption, scene, gold, noise_type, biased,
                           cfg.image_size)

@@ -7,6 +7,7 @@ mmw2s's typed-config loader reads YAML into exactly these classes, so fields kee
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Optional
 
 from data_pipelines.world.vocab import COLORS
 
@@ -39,20 +40,31 @@ class NoiseConfig:
         default=0.10, metadata={"help": "fraction with objects or attributes dropped"})
     boilerplate: float = field(
         default=0.10, metadata={"help": "fraction of boilerplate such as 'IMG_2031.jpg'"})
+    total: Optional[float] = field(
+        default=None, metadata={"help": "rescale the fractions above to sum to this noisy fraction "
+                                        "(noise-rate sweeps keep the mix of types); null: as given"})
+
+    def _noisy(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self) if f.name != "total"}
 
     def fractions(self) -> dict[str, float]:
         """Noise type -> fraction, including ``correct`` (the remainder)."""
-        noisy = {f.name: float(getattr(self, f.name)) for f in fields(self)}
+        noisy = self._noisy()
+        if self.total is not None and sum(noisy.values()) > 0:
+            scale = self.total / sum(noisy.values())
+            noisy = {k: v * scale for k, v in noisy.items()}
         return {"correct": 1.0 - sum(noisy.values()), **noisy}
 
     def validate(self) -> None:
         """Raise ValueError unless every fraction is in [0, 1] and they sum to at most 1."""
-        noisy = {f.name: getattr(self, f.name) for f in fields(self)}
+        noisy = self._noisy()
         for name, value in noisy.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"noise.{name} must be a fraction in [0, 1], got {value}")
+        if self.total is not None and not 0.0 <= self.total <= 1.0:
+            raise ValueError(f"noise.total must be a fraction in [0, 1], got {self.total}")
         total = sum(noisy.values())
-        if total > 1.0 + 1e-9:
+        if total > 1.0 + 1e-9 and self.total is None:
             parts = " + ".join(f"{k}={v}" for k, v in noisy.items())
             raise ValueError(
                 f"noise fractions must sum to <= 1 (the rest is correct captions), got {parts} = {total:g}")
@@ -68,6 +80,10 @@ class BiasConfig:
         default=0.0,
         metadata={"help": "probability that a web caption describing a source-coloured object "
                           "calls it the target colour"})
+    clean: bool = field(
+        default=False,
+        metadata={"help": "also bias the clean split's captions at the same rate, so that teachers "
+                          "trained on clean learn the bias (the truth's gold captions stay unbiased)"})
 
     def validate(self) -> None:
         """Raise ValueError for unknown or equal colours or a rate outside [0, 1]."""

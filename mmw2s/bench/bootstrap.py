@@ -33,8 +33,8 @@ def bootstrap_args(cfg: BenchConfig, models: Path, shards: list[str], out: Path,
 
 
 def bench_bootstrap(cfg: BenchConfig, world: Path, models: Path, device: str, precision: str) -> dict:
-    """Bootstrap `bootstrap.shards` shards end to end, then time the forward passes alone on one
-    in-memory batch for as many images (`measure_ceiling`); ours = end to end, theirs = ceiling."""
+    """Bootstrap `bootstrap.shards` shards end to end, then time the forward passes alone on the
+    run's own batches, pre-decoded in memory (`measure_ceiling`); ours = end to end, theirs = ceiling."""
     out = Path(cfg.out) / "runs" / "bootstrap"
     shutil.rmtree(out, ignore_errors=True)  # a rerun of a complete run would time nothing
     shards = web_shards(world, cfg.bootstrap.shards)
@@ -47,7 +47,7 @@ def bench_bootstrap(cfg: BenchConfig, world: Path, models: Path, device: str, pr
                images=summary["images_this_run"], seconds=summary["seconds"],
                ceiling_images=ceiling["images"], ceiling_seconds=ceiling["seconds"],
                batch_size=ceiling["batch_size"], theirs_is="captioner + filter forward passes alone "
-               "on one pre-decoded in-memory batch (mmw2s.bootstrap.ceiling)")
+               "on the run's batches, pre-decoded in memory, same seeds (mmw2s.bootstrap.ceiling)")
 
 
 def peak_rss_mb(cfg: BenchConfig, models: Path, shards: list[str], out: Path, device: str,

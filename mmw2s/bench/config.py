@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
-COMPARISONS = ("bootstrap", "train", "eval", "loading", "memory")
+COMPARISONS = ("bootstrap", "train", "eval", "loading", "memory", "gpu")
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EvalBench:
 class LoadingBench:
     """The data-loading row: our shard reader vs a plain webdataset.WebDataset loop."""
 
-    repeats: int = field(default=2, metadata={"help": "timed passes per side, interleaved; the best counts"})
+    repeats: int = field(default=3, metadata={"help": "timed passes per side, interleaved; the best counts"})
 
 
 @dataclass
@@ -68,6 +68,29 @@ class MemoryBench:
 
     small_shards: int = field(default=2, metadata={"help": "shards of the small run"})
     large_shards: int = field(default=16, metadata={"help": "shards of the large run (<= world.web_shards)"})
+
+
+@dataclass
+class GpuBench:
+    """The GPU rows (CUDA only): MFU of CLIP training, captioning and evaluation vs the FLOP bound.
+
+    Models are real classes with random weights: open_clip `arch` at `image_size`, and a BLIP
+    captioner of base size (transformers `BlipConfig` defaults: ViT-B/16 at 384 px, BERT-base).
+    """
+
+    arch: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture of the train and eval rows"})
+    image_size: int = field(default=224, metadata={"help": "input resolution of the train and eval rows"})
+    train_batch_size: int = field(default=256, metadata={"help": "samples per training step"})
+    train_steps: int = field(default=20, metadata={"help": "timed training steps"})
+    caption_batch_size: int = field(default=64, metadata={"help": "images per generate() call"})
+    caption_tokens: int = field(default=20, metadata={"help": "tokens generated per image (fixed length)"})
+    caption_calls: int = field(default=5, metadata={"help": "timed generate() calls"})
+    eval_batch_size: int = field(default=512, metadata={"help": "images per encode_image call"})
+    eval_calls: int = field(default=20, metadata={"help": "timed encode_image calls"})
+    warmup: int = field(default=3, metadata={"help": "untimed calls first (compilation, autotuning)"})
+    peak_tflops: Optional[float] = field(default=None, metadata={
+        "help": "dense bf16 peak of the GPU in TFLOP/s; null: looked up from the device name "
+                "(H100, H200, A100)"})
 
 
 @dataclass
@@ -85,7 +108,8 @@ class BenchConfig:
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
         "help": "auto: bf16 on CUDA, fp32 on CPU; the same precision for both sides"})
     compile: bool = field(default=False, metadata={
-        "help": "torch.compile the in-process models (ceiling and eval, both sides) when CUDA is present"})
+        "help": "torch.compile the in-process models when CUDA is present: eval (both sides) and "
+                "the gpu rows' train and eval models"})
     seed: int = field(default=0, metadata={"help": "seed of the world and the models"})
     world: WorldSize = field(default_factory=WorldSize, metadata={"help": "the synthetic world"})
     bootstrap: BootstrapBench = field(default_factory=BootstrapBench, metadata={"help": "bootstrap row"})
@@ -93,6 +117,7 @@ class BenchConfig:
     eval: EvalBench = field(default_factory=EvalBench, metadata={"help": "evaluation row"})
     loading: LoadingBench = field(default_factory=LoadingBench, metadata={"help": "data-loading row"})
     memory: MemoryBench = field(default_factory=MemoryBench, metadata={"help": "memory row"})
+    gpu: GpuBench = field(default_factory=GpuBench, metadata={"help": "GPU rows (skipped without CUDA)"})
 
     def validate(self) -> None:
         """Raise ValueError for unknown comparisons or sizes the world cannot serve."""
@@ -107,5 +132,10 @@ class BenchConfig:
                              "bootstrap.shards / memory.*_shards ask for")
         if self.eval.repeats < 1 or self.loading.repeats < 1:
             raise ValueError("repeats must be >= 1")
+        g = self.gpu
+        sizes = (g.image_size, g.train_batch_size, g.train_steps, g.caption_batch_size, g.caption_tokens,
+                 g.caption_calls, g.eval_batch_size, g.eval_calls)
+        if min(sizes) < 1 or g.warmup < 0 or (g.peak_tflops is not None and g.peak_tflops <= 0):
+            raise ValueError("gpu: sizes, steps and calls must be >= 1, warmup >= 0, peak_tflops > 0")
         if self.train.log_every < 1 or self.train.steps < 2 * self.train.log_every:
             raise ValueError("train.steps must cover at least two log windows (the first is warm-up)")

@@ -20,8 +20,8 @@ from mmw2s.bench.fixtures import make_models, make_world, resolve_device, web_sh
 log = logging.getLogger(__name__)
 RESULT_FILE = "bench.json"
 UNITS = {"bootstrap": "images/s", "train": "samples/s", "eval": "images/s", "loading": "samples/s",
-         "memory": "MiB peak"}
-TARGETS = {"bootstrap": 0.8, "train": 1.0, "eval": 1.5, "loading": 1.0, "memory": 1.1}
+         "memory": "MiB peak", "gpu": ""}
+TARGETS = {"bootstrap": 0.8, "train": 1.0, "eval": 1.5, "loading": 1.0, "memory": 1.1, "gpu": None}
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -35,7 +35,7 @@ def run(cfg: BenchConfig) -> dict:
     device, precision = resolve_device(cfg)
     world = make_world(cfg)
     models = make_models(cfg, world) if {"bootstrap", "memory", "eval"} & set(cfg.only) else None
-    rows = [_guarded(name, _comparison(name, cfg, world, models, device, precision)) for name in cfg.only]
+    rows = [r for name in cfg.only for r in _guarded(name, _comparison(name, cfg, world, models, device, precision))]
     result = {"rows": rows, "machine": machine(device, precision, cfg),
               "note": "ratio = ours / theirs, both measured side by side in this run; never compare "
                       "absolute numbers across runs"}
@@ -60,21 +60,27 @@ def _comparison(name: str, cfg: BenchConfig, world: Path, models: Path | None, d
     if name == "train":
         from mmw2s.bench.training import bench_train
         return lambda: bench_train(cfg, world, device, precision)
+    if name == "gpu":
+        from mmw2s.bench.gpu import bench_gpu
+        return lambda: bench_gpu(cfg, device)
     from mmw2s.bench.evaluation import bench_eval
     return lambda: bench_eval(cfg, world, models, device, precision)
 
 
-def _guarded(name: str, measure: Callable[[], dict]) -> dict:
-    """Run one comparison; a failure becomes that row's skip reason, the other rows still run."""
+def _guarded(name: str, measure: Callable[[], dict | list[dict]]) -> list[dict]:
+    """Run one comparison (one row, or several for `gpu`); a failure becomes a skip reason, the
+    other comparisons still run."""
     log.info("bench: %s ...", name)
     start = time.perf_counter()
     try:
         result = measure()
     except Exception as exn:  # one broken side must not lose the whole table
         log.exception("bench: %s failed", name)
-        return skipped(name, f"failed: {type(exn).__name__}: {str(exn)[:400]}", UNITS[name], TARGETS[name])
-    result.setdefault("details", {})["bench_seconds"] = round(time.perf_counter() - start, 1)
-    return result
+        return [skipped(name, f"failed: {type(exn).__name__}: {str(exn)[:400]}", UNITS[name], TARGETS[name])]
+    results = result if isinstance(result, list) else [result]
+    for r in results:
+        r.setdefault("details", {})["bench_seconds"] = round(time.perf_counter() - start, 1)
+    return results
 
 
 def machine(device: str, precision: str, cfg: BenchConfig) -> dict:

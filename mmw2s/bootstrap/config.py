@@ -118,7 +118,7 @@ class BootstrapConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar (images/s, kept fraction)"})
     measure_ceiling: bool = field(
         default=False, metadata={"help": "after the run, time the model forward passes alone on an "
-                                         "in-memory batch and record the ratio in summary.json"})
+                                         "in-memory batches (the run's own) and record the ratio in summary.json"})
     ceiling_images: int = field(default=512, metadata={"help": "images timed for the ceiling (at most the run's)"})
 
     def validate(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.shards import (OtherSettings, ReadLimits, complete_with, event_pipeline, expand_urls,
+from data_pipelines.shards import (OtherSettings, ReadLimits, complete_with, event_loader, expand_urls,
                                    shard_events, shard_name, stats_path, write_json_atomic)
 
 from mmw2s.errors import StageError
@@ -225,14 +225,16 @@ def read_limits(cfg: BootstrapConfig) -> ReadLimits:
 
 
 def loader(urls: list[str], cfg: BootstrapConfig, preprocess: Any):
-    """Batches of `urls` decoded and preprocessed in `cfg.workers` data-loader processes."""
-    from torch.utils.data import DataLoader
+    """Batches of `urls` decoded and preprocessed in `cfg.workers` data-loader processes.
+
+    On CUDA the batches' tensors arrive pinned, so their copy to the GPU overlaps the models.
+    """
+    import torch
 
     stage = functools.partial(batch_stage, batch_size=cfg.batch_size, preprocess=preprocess)
-    pipeline = event_pipeline(urls, read_limits(cfg), stages=[stage])
-    workers = min(cfg.workers, len(urls))
-    return DataLoader(pipeline, batch_size=None, num_workers=workers,
-                      prefetch_factor=4 if workers else None)
+    pin = cfg.device != "cpu" and torch.cuda.is_available()
+    return event_loader(urls, read_limits(cfg), stages=[stage], workers=cfg.workers, prefetch_factor=4,
+                        pin_memory=pin)
 
 
 def process_shards(urls: list[str], cfg: BootstrapConfig, models: Any, thresholds: Thresholds,

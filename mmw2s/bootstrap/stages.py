@@ -45,6 +45,11 @@ class Batch:
     def keys(self) -> list[str]:
         return [s["__key__"] for s in self.samples]
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked input tensors (the DataLoader calls this with `pin_memory=True`)."""
+        self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
+        return self
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -8,6 +8,7 @@
   would re-encode the image for every pair).
 - `ItcScorer`: BLIP ITC as an embedding scorer: the projected, normalised [CLS] features the ITC
   branch of that forward compares, computed per tower so that texts are embedded once.
+- `LlavaScorer`: a LLaVA-style student's greedy answers to `vqa_prompt(question)` (VQA only).
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmw2s.evaluate.config import ModelEntry, PairwiseConfig
-from mmw2s.evaluate.scorers import EmbeddingScorer, PairwiseScorer, Scorer
+from data_pipelines.vqa import vqa_prompt
+from mmw2s.evaluate.config import ModelEntry, PairwiseConfig, VqaConfig
+from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
 from models.captioners import Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
 from models.itm import BlipItmFilter
@@ -83,6 +85,31 @@ class CaptionerScorer(PairwiseScorer):
         out = self.captioner.generate(pixels, num_captions=1, method="greedy",
                                       max_new_tokens=self.settings.caption_max_new_tokens)
         return [caps[0] for caps in out]
+
+    can_answer = True
+
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
+        """The weak teacher's answers: what its greedy caption of each image says (each distinct
+        image is captioned once, however many questions it gets)."""
+        from mmw2s.synthesize.answers import answer_from_caption
+
+        unique = list({id(im): im for im in images}.values())
+        captions = dict(zip(map(id, unique), self.caption(unique)))
+        return [answer_from_caption(q, captions[id(im)]) for im, q in zip(images, questions)]
+
+
+class LlavaScorer(AnswerScorer):
+    """A LLaVA-style student: greedy generation, batched, without gradients."""
+
+    def __init__(self, student: Any, name: str, pretrained: str = "", max_new_tokens: int = 8) -> None:
+        self.student, self.name, self.pretrained = student, name, pretrained
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
+        pixels = self.student.preprocess(list(images))  # (B, 3, S, S)
+        return self.student.generate(pixels, [vqa_prompt(q) for q in questions],
+                                     max_new_tokens=self.max_new_tokens)
 
 
 class ItmScorer(PairwiseScorer):
@@ -148,7 +175,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_scorer(entry: ModelEntry, device: str = "auto",
-                 settings: PairwiseConfig = PairwiseConfig()) -> Scorer:
+                 settings: PairwiseConfig = PairwiseConfig(), vqa: VqaConfig = VqaConfig()) -> Scorer:
     """Load the model an entry names (its ``path`` or its spec) and wrap it as a scorer, in eval mode."""
     dev = resolve_device(device)
     if entry.kind == "dual_encoder":
@@ -171,6 +198,13 @@ def build_scorer(entry: ModelEntry, device: str = "auto",
         if flt.mode == "itc":
             return ItcScorer(flt, entry.name, source)
         return ItmScorer(flt, entry.name, source, settings)
+    if entry.kind == "llava":
+        from models.llava import LlavaStudent
+
+        if not entry.path:
+            raise ValueError(f"model {entry.name}: a llava model is evaluated from its saved folder (path=...)")
+        student = LlavaStudent.from_pretrained(entry.path).to(dev).eval()
+        return LlavaScorer(student, entry.name, entry.path, vqa.max_new_tokens)
     raise ValueError(f"unknown model kind {entry.kind!r}")
 
 

@@ -6,19 +6,21 @@ from typing import Literal, Optional
 
 from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
 
-MODEL_KINDS = ("dual_encoder", "captioner", "filter")
+MODEL_KINDS = ("dual_encoder", "captioner", "filter", "llava")
 
 
 @dataclass
 class ModelEntry:
-    """One model of the results table: a dual encoder, a captioner or an ITM filter."""
+    """One model of the results table: a dual encoder, a captioner, an ITM filter or a LLaVA student."""
 
     name: str = field(metadata={"help": "label in result files and tables (e.g. weak_captioner, student)"})
-    kind: Literal["dual_encoder", "captioner", "filter"] = field(
+    kind: Literal["dual_encoder", "captioner", "filter", "llava"] = field(
         metadata={"help": "dual_encoder: cosine of embeddings; captioner: log-likelihood of the text "
-                          "given the image, plus greedy captions; filter: BLIP ITM/ITC score of each pair"})
+                          "given the image, plus greedy captions (VQA: answers read off them); "
+                          "filter: BLIP ITM/ITC score of each pair; llava: a LLaVA-style student "
+                          "(VQA only: generated answers)"})
     path: Optional[str] = field(
-        default=None, metadata={"help": "a saved model: captioner/filter folder, or dual-encoder "
+        default=None, metadata={"help": "a saved model: captioner/filter/llava folder, or dual-encoder "
                                         "checkpoint (same as spec.name / spec.pretrained / 'local-dir:' "
                                         "in the spec; this wins when both are given)"})
     dual_encoder: DualEncoderSpec = field(
@@ -58,6 +60,21 @@ class PairwiseConfig:
 
 
 @dataclass
+class VqaConfig:
+    """The `world:vqa` suite (`data_pipelines.vqa`) and how models answer it."""
+
+    per_type: int = field(default=300, metadata={
+        "help": "questions per type (color, shape, count, position, relation), balanced over answers"})
+    seed: int = field(default=0, metadata={"help": "seed of the question draw"})
+    max_new_tokens: int = field(default=8, metadata={"help": "longest generated answer (llava) in tokens"})
+
+    def validate(self) -> None:
+        """Raise ValueError for sizes that cannot run."""
+        if self.per_type < 1 or self.max_new_tokens < 1:
+            raise ValueError("vqa.per_type and vqa.max_new_tokens must be >= 1")
+
+
+@dataclass
 class EvalConfig:
     """`mmw2s eval`: every model on every benchmark, one CLIP_benchmark-style JSON per pair."""
 
@@ -68,7 +85,7 @@ class EvalConfig:
     benchmarks: list[str] = field(
         default_factory=lambda: ["world:color", "world:shape", "world:size", "world:position",
                                  "world:count", "world:relation", "world:retrieval", "world:captions"],
-        metadata={"help": "world:<color|shape|size|position|count|relation|retrieval|captions>, "
+        metadata={"help": "world:<color|shape|size|position|count|relation|retrieval|captions|vqa>, "
                           "wds:/clip_benchmark/folder, imagefolder:/folder"})
     world: Optional[str] = field(default=None, metadata={"help": "world folder (its test/ split) for world:* "
                                                                  "benchmarks"})
@@ -78,8 +95,14 @@ class EvalConfig:
     limit: Optional[int] = field(default=None, metadata={"help": "at most this many examples per benchmark "
                                                                  "(smoke runs; null: all)"})
     overwrite: bool = field(default=False, metadata={"help": "redo results whose JSON exists"})
+    retrieval_images: Optional[int] = field(
+        default=None, metadata={"help": "every model's retrieval runs on the first N images and their "
+                                        "captions, so that dual encoders and pairwise scorers stand in one "
+                                        "table (null: all images; pairwise scorers then use "
+                                        "pairwise.retrieval_images)"})
     pairwise: PairwiseConfig = field(default_factory=PairwiseConfig,
                                      metadata={"help": "limits for captioner / ITM scoring"})
+    vqa: VqaConfig = field(default_factory=VqaConfig, metadata={"help": "the world:vqa suite"})
 
     def validate(self) -> None:
         """Raise ValueError for duplicate model names or settings no run can use."""
@@ -89,6 +112,8 @@ class EvalConfig:
             raise ValueError(f"model names must be unique, repeated: {dupes}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.retrieval_images is not None and self.retrieval_images < 1:
+            raise ValueError(f"retrieval_images must be >= 1 or null, got {self.retrieval_images}")
         if any(k < 1 for k in self.recall_k):
             raise ValueError(f"recall_k must be positive, got {self.recall_k}")
         if any(b.startswith("world:") for b in self.benchmarks) and not self.world:

@@ -34,6 +34,12 @@ def mean_per_class_recall(pred: torch.Tensor, target: torch.Tensor) -> float:
     return sum(recalls) / len(recalls)
 
 
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(C, C)`` counts: row = true class, column = predicted class."""
+    flat = target.long() * classes + pred.long()
+    return torch.bincount(flat, minlength=classes * classes).reshape(classes, classes)
+
+
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float | None]:
     """``acc1``, ``acc5`` (None with fewer than 5 classes) and ``mean_per_class_recall``."""
     logits, target = logits.float(), target.long()

@@ -20,13 +20,14 @@ from data_pipelines.benchmarks import (
 )
 from data_pipelines.shards import write_json_atomic
 from mmw2s.config import save_config
-from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig
+from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
 from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
+from mmw2s.evaluate.vqa import VQA, vqa_benchmark
 
 log = logging.getLogger(__name__)
 
-HEADLINE = {CLASSIFICATION: ["acc1"], SELECTION: ["acc"],
+HEADLINE = {CLASSIFICATION: ["acc1"], SELECTION: ["acc"], VQA: ["acc"],
             RETRIEVAL: ["image_retrieval_recall@5", "text_retrieval_recall@5"],
             CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"]}
 SHORT = {"acc1": "acc1", "acc": "acc", "image_retrieval_recall@5": "T2I R@5",
@@ -37,8 +38,8 @@ SHORT = {"acc1": "acc1", "acc": "acc", "image_retrieval_recall@5": "T2I R@5",
 class BenchmarkCache:
     """Builds each benchmark once per run; world suites share one read of the test split."""
 
-    def __init__(self, world: str | None = None) -> None:
-        self.world = world
+    def __init__(self, world: str | None = None, vqa: VqaConfig = VqaConfig()) -> None:
+        self.world, self.vqa = world, vqa
         self._items: list[dict] | None = None
         self._built: dict[str, Benchmark] = {}
 
@@ -50,7 +51,10 @@ class BenchmarkCache:
             if spec.startswith("world:") and self.world:
                 if self._items is None:
                     self._items = load_world_test(self.world)
-                self._built[spec] = world_suite(self.world, spec.split(":", 1)[1], self._items)
+                if spec == "world:vqa":
+                    self._built[spec] = vqa_benchmark(self.world, self._items, self.vqa.per_type, self.vqa.seed)
+                else:
+                    self._built[spec] = world_suite(self.world, spec.split(":", 1)[1], self._items)
             else:
                 self._built[spec] = load_benchmark(spec, self.world)
         return self._built[spec]
@@ -97,7 +101,7 @@ def _notes(bench: Benchmark, details: dict) -> str:
 def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchmark], out_dir: str | Path,
                    settings: TaskSettings | None = None, world: str | None = None, device: str = "auto",
                    pairwise: PairwiseConfig = PairwiseConfig(), overwrite: bool = False,
-                   cache: BenchmarkCache | None = None) -> dict[str, dict]:
+                   cache: BenchmarkCache | None = None, vqa: VqaConfig = VqaConfig()) -> dict[str, dict]:
     """Evaluate one model (a scorer, or a config entry built lazily) on ``benchmarks``.
 
     Writes ``out_dir/MODEL__BENCHMARK.json`` per benchmark, reusing files that exist unless
@@ -105,7 +109,7 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
     loaded when some result is missing.
     """
     settings = settings or _settings(pairwise)
-    cache = cache or BenchmarkCache(world)
+    cache = cache or BenchmarkCache(world, vqa)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = model.name
@@ -120,7 +124,7 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
         if scorer is None:
             from mmw2s.evaluate.adapters import build_scorer  # loads torch and the models
 
-            scorer = build_scorer(model, device, pairwise)
+            scorer = build_scorer(model, device, pairwise, vqa)
         kind = model.kind if isinstance(model, ModelEntry) else ""
         record = evaluate_one(scorer, cache.get(spec), key, settings, kind)
         write_json_atomic(path, record)
@@ -132,7 +136,8 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
 def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSettings:
     kwargs = dict(pairwise_max_templates=pairwise.max_templates, pairwise_retrieval_images=pairwise.retrieval_images)
     if cfg is not None:
-        kwargs.update(batch_size=cfg.batch_size, recall_k=tuple(cfg.recall_k), limit=cfg.limit)
+        kwargs.update(batch_size=cfg.batch_size, recall_k=tuple(cfg.recall_k), limit=cfg.limit,
+                      retrieval_images=cfg.retrieval_images)
     return TaskSettings(**kwargs)
 
 
@@ -140,11 +145,11 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate every model of ``cfg`` on every benchmark; write the per-pair JSONs and the summary."""
     out = Path(cfg.out)
     save_config(cfg, out)
-    cache = BenchmarkCache(cfg.world)
+    cache = BenchmarkCache(cfg.world, cfg.vqa)
     settings = _settings(cfg.pairwise, cfg)
     for entry in cfg.models:
         evaluate_model(entry, cfg.benchmarks, out, settings, device=cfg.device, pairwise=cfg.pairwise,
-                       overwrite=cfg.overwrite, cache=cache)
+                       overwrite=cfg.overwrite, cache=cache, vqa=cfg.vqa)
     records = [json.loads(result_path(out, m.name, b).read_text()) for m in cfg.models for b in cfg.benchmarks]
     return write_summary(records, out)
 

@@ -6,7 +6,9 @@
   ``score_pairs(images, texts) -> (N,)`` for aligned pairs. For a captioner the score is the mean
   per-token log-likelihood of the text given the image (length-normalised, so that captions of one,
   two and three objects compete fairly; ``length_norm=False`` sums instead). A captioner also
-  writes greedy captions (``can_caption``).
+  writes greedy captions (``can_caption``) and answers questions from them (``can_answer``).
+- `AnswerScorer` (LLaVA-style students): ``answer(images, questions) -> list[str]``, one short
+  answer per question; such a model has no image-text score, so only VQA applies to it.
 
 Adapters over the models of `models/` live in `mmw2s.evaluate.adapters`.
 """
@@ -25,10 +27,15 @@ class Scorer(ABC):
     name: str = "model"
     pretrained: str = ""
     can_caption: bool = False
+    can_answer: bool = False
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         """Greedy captions of ``images`` (only when ``can_caption``)."""
         raise NotImplementedError(f"{type(self).__name__} does not write captions")
+
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
+        """A short answer to question i about image i (only when ``can_answer``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer questions")
 
 
 class EmbeddingScorer(Scorer):
@@ -57,3 +64,13 @@ class PairwiseScorer(Scorer):
     @abstractmethod
     def score_pairs(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
         """(N,) score of image i with text i."""
+
+
+class AnswerScorer(Scorer):
+    """A model that answers questions about images in words (VQA only)."""
+
+    can_answer = True
+
+    @abstractmethod
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
+        """A short answer to question i about image i."""

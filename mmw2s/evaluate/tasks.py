@@ -20,7 +20,8 @@ import torch
 
 from data_pipelines.benchmarks import CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example
 from mmw2s.evaluate import metrics as M
-from mmw2s.evaluate.scorers import EmbeddingScorer, PairwiseScorer, Scorer
+from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
+from mmw2s.evaluate.vqa import VQA, answer
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ class TaskSettings:
     recall_k: tuple[int, ...] = M.RECALL_KS
     pairwise_max_templates: int = 4  # prompts per class for pairwise scorers (cost: N x C x T)
     pairwise_retrieval_images: int = 100  # retrieval subset for pairwise scorers (cost: N x N x ~3)
+    retrieval_images: int | None = None  # retrieval subset for every scorer (comparable numbers)
     limit: int | None = None  # at most this many examples per benchmark (smoke runs)
 
 
@@ -48,9 +50,13 @@ def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
 
 def run_task(scorer: Scorer, bench: Benchmark, settings: TaskSettings) -> tuple[dict, dict]:
     """Evaluate ``scorer`` on ``bench``; raises `Skipped` when the pair makes no sense."""
-    runners = {CLASSIFICATION: classify, RETRIEVAL: retrieve, SELECTION: select, CAPTIONING: caption}
+    runners = {CLASSIFICATION: classify, RETRIEVAL: retrieve, SELECTION: select, CAPTIONING: caption,
+               VQA: answer}
     if bench.task not in runners:
         raise ValueError(f"unknown task {bench.task!r} of benchmark {bench.name}")
+    if isinstance(scorer, AnswerScorer) and bench.task != VQA:
+        raise Skipped(f"{type(scorer).__name__} answers questions in words; it has no image-text "
+                      f"score for {bench.task}")
     examples = islice(bench.examples(), settings.limit) if settings.limit else bench.examples()
     with torch.no_grad():
         return runners[bench.task](scorer, bench, examples, settings)
@@ -118,7 +124,9 @@ def classify(scorer: Scorer, bench: Benchmark, examples: Iterable[Example],
     counts = torch.bincount(target_t, minlength=len(prompts)).tolist()
     details = {"images": len(targets), "classes": len(prompts), "class_counts": counts,
                "prompts_per_class": [len(p) for p in prompts],
-               "predicted_counts": torch.bincount(logits_t.argmax(1), minlength=len(prompts)).tolist()}
+               "predicted_counts": torch.bincount(logits_t.argmax(1), minlength=len(prompts)).tolist(),
+               # confusion[true][predicted]: what a systematic bias (purple called blue) shows up in
+               "confusion": M.confusion_matrix(logits_t.argmax(1), target_t, len(prompts)).tolist()}
     return M.classification_metrics(logits_t, target_t), details
 
 
@@ -130,12 +138,14 @@ def retrieve(scorer: Scorer, bench: Benchmark, examples: Iterable[Example],
              settings: TaskSettings) -> tuple[dict, dict]:
     """Image->text and text->image recall@k with every caption of an image a positive.
 
-    A pairwise scorer scores every (image, text) pair, so it runs on the first
-    ``pairwise_retrieval_images`` images and their captions only (noted in the details).
+    ``retrieval_images`` limits every scorer to the first N images and their captions (recall over
+    fewer candidates is higher, so only equal N compare). Otherwise a pairwise scorer, which scores
+    every (image, text) pair, runs on the first ``pairwise_retrieval_images`` images only (noted).
     """
     pairwise = isinstance(scorer, PairwiseScorer)
-    if pairwise and settings.pairwise_retrieval_images:
-        examples = islice(examples, settings.pairwise_retrieval_images)
+    subset = settings.retrieval_images or (settings.pairwise_retrieval_images if pairwise else None)
+    if subset:
+        examples = islice(examples, subset)
     items = list(examples)
     texts, positives = M.positives_from_captions([ex.texts or [] for ex in items])  # (T, I)
     if pairwise:
@@ -147,7 +157,7 @@ def retrieve(scorer: Scorer, bench: Benchmark, examples: Iterable[Example],
         txt = torch.cat([scorer.encode_texts(b) for b in batched(texts, settings.batch_size)])
         scores = txt.float() @ img.float().T  # (T, I)
     details = {"images": len(items), "texts": len(texts)}
-    if pairwise:
+    if pairwise and not settings.retrieval_images:
         details["notes"] = (f"pairwise scorer: retrieval over the first {len(items)} images only "
                             "(every image-text pair is scored)")
     return M.retrieval_metrics(scores, positives, settings.recall_k), details

@@ -14,6 +14,26 @@ Student = Literal["web", "filtered", "bootstrapped", "gold"]
 
 
 @dataclass
+class SweepConfig:
+    """One experiment per value of one key; stages that do not depend on the key run once."""
+
+    key: str = field(default="", metadata={
+        "help": "dotted key of this experiment file to vary, e.g. world.noise.total or "
+                "student.dual_encoder.arch; empty: no sweep"})
+    values: list[Any] = field(default_factory=list, metadata={"help": "the values, in plot order"})
+    label: str = field(default="", metadata={"help": "x-axis label of the sweep plot (default: the key)"})
+
+    def validate(self) -> None:
+        """Raise ValueError for a sweep without values or over a key no sweep can change."""
+        if not self.key:
+            return
+        if not self.values:
+            raise ValueError(f"sweep.values is empty: give the values of {self.key}")
+        if self.key.split(".")[0] in ("out", "seed", "seeds", "sweep"):
+            raise ValueError(f"sweep.key cannot be {self.key!r}: use seeds=N for repeats")
+
+
+@dataclass
 class ExperimentConfig:
     """world -> weak captioner + weak filter on `clean` -> bootstrap `web` -> students -> eval -> report."""
 
@@ -42,6 +62,26 @@ class ExperimentConfig:
         "help": "keys of `mmw2s eval` (models, world and out are set by the run)"})
     headline: list[str] = field(default_factory=list, metadata={
         "help": "benchmarks of the headline table and mean PGR (empty: every benchmark)"})
+    pgr_min_gap: float = field(default=0.02, metadata={
+        "help": "PGR is undefined on a benchmark unless the gold ceiling beats the best weak teacher by "
+                "more than this (a fraction: 0.02 = 2 points); a smaller gap is evaluation noise"})
+    rounds: int = field(default=1, metadata={
+        "help": "iterative bootstrapping: round r+1 bootstraps web again with round r's bootstrapped "
+                "student as the filter (a CLIP student cannot caption: the captioner stays)"})
+    sweep: SweepConfig = field(default_factory=SweepConfig, metadata={
+        "help": "run the experiment once per value of one key and plot PGR against it"})
+    pipeline: Literal["capfilt", "llava"] = field(default="capfilt", metadata={
+        "help": "capfilt: CLIP students on bootstrapped captions; llava: LLaVA-style students "
+                "instruction-tuned on data synthesized from them, evaluated on VQA "
+                "(mmw2s/experiment/llava_plan.py)"})
+    synthesize: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "pipeline=llava: keys of `mmw2s synthesize` (input, out and seed are set by the run)"})
+    llava_student: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "pipeline=llava: `stage1` and `stage2`, each keys of `mmw2s train` for the LLaVA "
+                "students (task, data, init_from and the vision tower are set by the run)"})
+    llava_vision: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "pipeline=llava: keys of `mmw2s train` for a CLIP trained on world/clean whose "
+                "tower every student shares; empty: the weak filter's tower"})
 
     def validate(self) -> None:
         """Raise ValueError for settings no run can use."""
@@ -53,7 +93,13 @@ class ExperimentConfig:
             raise ValueError(f"students are repeated: {self.students}")
         if self.captioner_pretrain_steps < 0:
             raise ValueError("captioner_pretrain_steps must be >= 0")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.rounds > 1 and "bootstrapped" not in self.students:
+            raise ValueError("rounds > 1 needs the 'bootstrapped' student: it filters the next round")
+        if not 0.0 <= self.pgr_min_gap < 1.0:
+            raise ValueError(f"pgr_min_gap must be a fraction in [0, 1), got {self.pgr_min_gap}")
         # Check every stage section against its own schema now, before any work starts.
-        from mmw2s.experiment.plan import plan
+        from mmw2s.experiment.plan import plan_variants
 
-        plan(self)
+        plan_variants(self)

@@ -8,14 +8,13 @@ run resumes at the stage, and within the stage at the shard or checkpoint, where
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmw2s.config import build, to_dict
+from mmw2s.config import build, deep_merge, set_dotted, to_dict
 from mmw2s.experiment.config import ExperimentConfig
 
 
@@ -41,13 +40,7 @@ def config_key(data: dict, root: Path | None = None) -> str:
 
 def merge(base: dict, extra: dict) -> dict:
     """Deep-merge `extra` into a copy of `base` (section keys win over the run's defaults)."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    return deep_merge(base, extra)
 
 
 class Planner:
@@ -69,6 +62,10 @@ class Planner:
 
 def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     """The stages of one seed of the experiment, in the order they run."""
+    if cfg.pipeline == "llava":
+        from mmw2s.experiment.llava_plan import plan_llava_seed
+
+        return plan_llava_seed(cfg, source, seed)
     from data_pipelines.world import WorldConfig
     from mmw2s.audit import AuditConfig
     from mmw2s.bootstrap.config import BootstrapConfig
@@ -103,16 +100,39 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
         section = merge(cfg.student, {"task": "clip", "data": shards, "seed": seed, "text": text,
                                       "reads_truth": name == "gold"})
         students[name] = p.add(f"student_{name}", "train", TrainConfig, section, "student")
+    students.update(_plan_rounds(p, cfg, boot_common, captioner, students.get("bootstrapped"), seed))
     models = [{"name": "weak_captioner", "kind": "captioner", "path": captioner},
               {"name": "weak_filter", "kind": "dual_encoder", "path": filter_model}]
     models += [{"name": f"student_{n}", "kind": "dual_encoder", "path": str(Path(s.cfg.out) / "final")}
                for n, s in students.items()]
     p.add("eval", "eval", EvalConfig,
           merge(cfg.eval, {"world": str(world_dir), "models": models}), "eval")
-    audits = [boot] + [s for s in p.steps if s.name == "filter_only"]
+    audits = [s for s in p.steps if s.stage == "bootstrap"]
     for b in audits:
         p.steps.append(Step(f"audit_{b.name}", "audit", AuditConfig(run=b.cfg.out), Path(b.cfg.out)))
     return p.steps
+
+
+def _plan_rounds(p: Planner, cfg: ExperimentConfig, boot_common: dict, captioner: str,
+                 student: Step | None, seed: int) -> dict[str, Step]:
+    """Rounds 2..N: bootstrap web again, filtering with the last round's bootstrapped student."""
+    from mmw2s.bootstrap.config import BootstrapConfig
+    from mmw2s.train.config import TrainConfig
+
+    out = {}
+    for r in range(2, cfg.rounds + 1):
+        assert student is not None  # validate() requires the bootstrapped student for rounds > 1
+        new_filter = {"kind": "clip", "dual_encoder": {"arch": f"local-dir:{Path(student.cfg.out) / 'final'}",
+                                                       "pretrained": None}}
+        boot = p.add(f"bootstrap_r{r}", "bootstrap", BootstrapConfig,
+                     merge(cfg.bootstrap, merge(boot_common, {"filter": new_filter,
+                                                              "captioner": {"name": captioner}})),
+                     "bootstrap")
+        section = merge(cfg.student, {"task": "clip", "data": str(Path(boot.cfg.out) / "shards"),
+                                      "seed": seed, "text": {"source": "txt"}, "reads_truth": False})
+        student = p.add(f"student_bootstrapped_r{r}", "train", TrainConfig, section, "student")
+        out[f"bootstrapped_r{r}"] = student
+    return out
 
 
 def _plan_captioner(p: Planner, cfg: ExperimentConfig, world_dir: Path, seed: int,
@@ -132,6 +152,50 @@ def _plan_captioner(p: Planner, cfg: ExperimentConfig, world_dir: Path, seed: in
 def plan(cfg: ExperimentConfig, source: str = "experiment") -> dict[int, list[Step]]:
     """Every seed's steps; raises `ConfigError` before any work if a section is wrong."""
     return {cfg.seed + i: plan_seed(cfg, source, cfg.seed + i) for i in range(cfg.seeds)}
+
+
+@dataclass
+class Variant:
+    """One point of a sweep (the whole experiment when there is no sweep)."""
+
+    value: Any
+    cfg: ExperimentConfig
+    steps_by_seed: dict[int, list[Step]]
+
+
+def plan_variants(cfg: ExperimentConfig, source: str = "experiment") -> list[Variant]:
+    """One variant per sweep value (or the experiment itself), each planned and validated.
+
+    All variants plan into the same seed folders, so a stage whose config does not depend on the
+    swept key (the world of a student-size sweep, say) has the same key and runs once.
+    """
+    if not cfg.sweep.key:
+        return [Variant(None, cfg, plan(cfg, source))]
+    from mmw2s.config import ConfigError
+
+    variants = []
+    for value in cfg.sweep.values:
+        data = to_dict(cfg)
+        data["sweep"] = {}
+        section = cfg.sweep.key.split(".")[0]
+        if section not in data:
+            raise ConfigError(f"{source}: sweep.key {cfg.sweep.key!r}: {section!r} is not a key of the "
+                              f"experiment; keys: {sorted(data)}")
+        set_dotted(data, cfg.sweep.key, value)
+        variants.append(Variant(value, build(ExperimentConfig, data, f"{source} (sweep {cfg.sweep.key}={value})"),
+                                {}))
+        variants[-1].steps_by_seed = plan(variants[-1].cfg, source)
+    return variants
+
+
+def run_order(variants: list[Variant]) -> dict[int, list[Step]]:
+    """Each seed's steps over all variants, in order, every output folder once."""
+    merged: dict[int, list[Step]] = {}
+    for variant in variants:
+        for seed, steps in variant.steps_by_seed.items():
+            seen = {(s.stage, s.out) for s in merged.setdefault(seed, [])}
+            merged[seed] += [s for s in steps if (s.stage, s.out) not in seen]
+    return merged
 
 
 def describe_step(step: Step) -> dict:

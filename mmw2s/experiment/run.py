@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -10,38 +11,51 @@ from typing import Any
 from data_pipelines.shards import write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Step, describe_step, plan
+from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: ExperimentConfig) -> Path:
     """Run every seed's stages (skipping complete ones), then write `OUT/report.md`."""
-    steps_by_seed = plan(cfg)
+    variants = plan_variants(cfg)
+    steps_by_seed = run_order(variants)
     out = Path(cfg.out)
     save_config(cfg, out)
     write_json_atomic(out / "plan.json", {seed: [describe_step(s) for s in steps]
                                           for seed, steps in steps_by_seed.items()})
-    timings: dict[int, dict[str, float]] = {}
+    timings: dict[int, dict[str, dict[str, float]]] = {}
     for seed, steps in steps_by_seed.items():
         timings[seed] = run_seed(seed, steps)
     write_json_atomic(out / "timings.json", timings)
-    from mmw2s.experiment.summary import write_report
+    from mmw2s.experiment.summary import write_report, write_sweep_report
 
-    report = write_report(cfg, steps_by_seed)
+    if cfg.sweep.key:
+        report = write_sweep_report(cfg, variants)
+    else:
+        report = write_report(cfg, variants[0].steps_by_seed)
     print(f"\nReport: {report}")
     return report
 
 
-def run_seed(seed: int, steps: list[Step]) -> dict[str, float]:
-    """Run one seed's steps in order; returns seconds per step."""
-    seconds = {}
+def run_seed(seed: int, steps: list[Step]) -> dict[str, dict[str, float]]:
+    """Run one seed's steps in order; returns wall and CPU seconds per step (a stage found
+    complete takes about a second: it only checks its outputs)."""
+    seconds: dict[str, dict[str, float]] = {}
     for i, step in enumerate(steps, 1):
         print(f"\n=== seed {seed} · {i}/{len(steps)} · {step.name} -> {step.out}", flush=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         RUNNERS[step.stage](step)
-        seconds[step.name] = round(time.perf_counter() - start, 1)
+        key = step.name if step.name not in seconds else f"{step.name} ({step.out.name})"  # sweeps
+        seconds[key] = {"wall_s": round(time.perf_counter() - start, 1),
+                        "cpu_s": round(_cpu_seconds() - cpu, 1)}
     return seconds
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (data-loader and world workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _world(step: Step) -> Any:
@@ -77,5 +91,11 @@ def _audit(step: Step) -> dict:
     return audit_run(step.cfg)
 
 
+def _synthesize(step: Step) -> Any:
+    from mmw2s.synthesize.run import run as synthesize_run
+
+    return synthesize_run(step.cfg)
+
+
 RUNNERS = {"world": _world, "train": _train, "bootstrap": _bootstrap, "eval": _eval,
-           "audit": _audit}
+           "audit": _audit, "synthesize": _synthesize}

@@ -1,25 +1,42 @@
-"""Gather one experiment's results over seeds into `report.md`, `report.json` and plots."""
+"""Gather one experiment's results over seeds into `report.md`, `report.json` and plots.
+
+A plain run gets one report. A sweep (`sweep.key`) gets one report per value under `OUT/sweep/`
+and, in `OUT/report.md`, PGR against the swept value. Iterative rounds add the PGR of each round's
+student; a biased world (`world.bias.rate > 0`) adds how often each model names the bias source
+colour by the target colour, the bias the students inherit from their teachers.
+"""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from data_pipelines.shards import write_json_atomic
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Step
+from mmw2s.experiment.plan import Step, Variant
 from mmw2s.report import (fmt, headline, markdown_table, mean_std, pgr_table, plot_curves,
-                          plot_pgr)
+                          plot_lines, plot_pgr)
 
 WEAK = ("weak_captioner", "weak_filter")
 STUDENT_ORDER = ("web", "filtered", "bootstrapped")
+CEILING = "student_gold"
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+
+
+def eval_step(steps: list[Step]) -> Step:
+    """The eval step of one seed."""
+    return next(s for s in steps if s.stage == "eval")
 
 
 def seed_scores(steps: list[Step]) -> dict[str, dict[str, float | None]]:
     """`{model: {benchmark: headline}}` of one seed, from its eval summary."""
-    step = next(s for s in steps if s.stage == "eval")
-    summary = json.loads((Path(step.cfg.out) / "summary.json").read_text())
+    summary = json.loads((Path(eval_step(steps).cfg.out) / "summary.json").read_text())
     return {model: {bench: headline(metrics) for bench, metrics in by_bench.items()}
             for model, by_bench in summary.items()}
 
@@ -34,15 +51,79 @@ def aggregate(per_seed: list[dict[str, dict[str, float | None]]]) -> dict[str, d
     return out
 
 
-def pgr_over_seeds(per_seed: list[dict], students: list[str], benches: list[str]) -> dict:
+def pgr_over_seeds(per_seed: list[dict], students: list[str], benches: list[str],
+                   min_gap: float = 1e-6) -> dict:
     """`{student: {benchmark|mean: (mean, std)}}`: PGR computed per seed, then aggregated."""
     tables = [pgr_table({m: {b: v for b, v in s.get(m, {}).items() if b in benches} for m in s},
-                        WEAK, students, "student_gold") for s in per_seed]
+                        WEAK, students, CEILING, min_gap) for s in per_seed]
     out = {}
     for student in students:
         keys = list(benches) + ["mean"]
         out[student] = {k: mean_std([t[student].get(k) for t in tables])[:2] for k in keys}
     return out
+
+
+def student_names(cfg: ExperimentConfig) -> list[str]:
+    """Students compared to the ceiling, in report order (later rounds after round 1)."""
+    names = [f"student_{s}" for s in STUDENT_ORDER if s in cfg.students]
+    return names + [f"student_bootstrapped_r{r}" for r in range(2, cfg.rounds + 1)]
+
+
+def bias_rates(steps: list[Step], source: str, target: str) -> dict[str, float | None]:
+    """`{model: P(predicted target | true source)}` on the colour suite of one seed."""
+    from data_pipelines.world import COLORS
+
+    folder = Path(eval_step(steps).cfg.out)
+    out = {}
+    for path in sorted(folder.glob("*__world-color.json")):
+        record = json.loads(path.read_text())
+        confusion = record.get("details", {}).get("confusion")
+        if not confusion:
+            continue
+        row = confusion[COLORS.index(source)]
+        out[record["model"]] = row[COLORS.index(target)] / sum(row) if sum(row) else None
+    return out
+
+
+def bias_setting(cfg: ExperimentConfig) -> dict | None:
+    """The world's colour bias when the experiment sets one (a bias sweep's rate 0 included)."""
+    bias = cfg.world.get("bias") or {}
+    if "rate" not in bias:
+        return None
+    return {"source": bias.get("source", "purple"), "target": bias.get("target", "blue"),
+            "rate": float(bias["rate"] or 0.0), "clean": bool(bias.get("clean", False))}
+
+
+@dataclass
+class Results:
+    """Everything the report of one experiment (or one sweep value) shows."""
+
+    per_seed: list[dict]
+    agg: dict[str, dict[str, tuple]]
+    benches: list[str]
+    students: list[str]
+    pgr: dict[str, dict[str, tuple]]
+    bias: dict[str, tuple] | None  # model -> (mean, std) of P(target | source)
+
+
+def results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Results:
+    """Scores, PGR and bias of one experiment over its seeds."""
+    per_seed = [seed_scores(steps) for steps in steps_by_seed.values()]
+    agg = aggregate(per_seed)
+    benches = cfg.headline or sorted({b for m in agg.values() for b, v in m.items() if v[0] is not None})
+    students = [s for s in student_names(cfg) if s in agg]
+    pgr = pgr_over_seeds(per_seed, students, benches, cfg.pgr_min_gap)
+    bias = None
+    setting = bias_setting(cfg)
+    if setting:
+        rates = [bias_rates(steps, setting["source"], setting["target"]) for steps in steps_by_seed.values()]
+        models = dict.fromkeys(m for r in rates for m in r)
+        bias = {m: mean_std([r.get(m) for r in rates])[:2] for m in models}
+    return Results(per_seed, agg, benches, students, pgr, bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
 
 
 def audit_rows(steps_by_seed: dict[int, list[Step]], name: str) -> list[dict]:
@@ -74,12 +155,47 @@ def filter_table(audits: list[dict]) -> str:
     facts = [("training captions that are right", lambda a: a["chosen"].get("chosen_correct")),
              ("raw web alt-text that is right", lambda a: a["chosen"].get("web_correct")),
              ("synthetic captions equal to the gold caption",
-              lambda a: a["synthetic"]["all"].get("exact_match") if a["synthetic"]["all"]["captions"] else None)]
+              lambda a: a["synthetic"]["all"].get("exact_match") if a["synthetic"]["all"]["captions"] else None),
+             ("colour words of synthetic captions that are right",
+              lambda a: _attribute(a, "color")),
+             ("shape words of synthetic captions that are right",
+              lambda a: _attribute(a, "shape"))]
     for label, get in facts:
         m, s, _ = mean_std([get(a) for a in audits])
         if m is not None:
             lines.append(f"- {label}: {fmt(m, s)}%")
     return "\n".join(lines)
+
+
+def _attribute(audit: dict, name: str) -> float | None:
+    synthetic = audit["synthetic"]["all"]
+    if not synthetic.get("captions"):
+        return None
+    return synthetic.get("attributes", {}).get(name, {}).get("precision")
+
+
+def scores_table(res: Results) -> str:
+    """Models x headline benchmarks (mean ± std)."""
+    models = [m for m in (*WEAK, *res.students, CEILING) if m in res.agg]
+    return markdown_table(["model", *res.benches],
+                          [[m, *[fmt(*res.agg[m].get(b, (None, None, 0))[:2]) for b in res.benches]]
+                           for m in models])
+
+
+def pgr_markdown(res: Results) -> str:
+    """Students x benchmarks PGR, with the mean."""
+    keys = [*res.benches, "mean"]
+    return markdown_table(["student", *keys],
+                          [[s, *[fmt(*res.pgr[s][k], pct=False) for k in keys]] for s in res.students])
+
+
+def bias_table(res: Results, setting: dict) -> str:
+    """How often each model calls the bias source colour by the target colour."""
+    assert res.bias is not None
+    models = [m for m in (*WEAK, *res.students, CEILING) if m in res.bias]
+    rows = [[m, fmt(*res.bias[m])] for m in models]
+    head = f"{setting['source']} objects called {setting['target']} (%)"
+    return markdown_table(["model", head], rows)
 
 
 def curves(steps: list[Step]) -> dict[str, list[tuple[int, float]]]:
@@ -98,30 +214,41 @@ def curves(steps: list[Step]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def write_report(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Path:
-    """Write `OUT/report.md` (+ `report.json`, `pgr.png`, `loss_curves.png`) and print the headline."""
-    out = Path(cfg.out)
-    per_seed = [seed_scores(steps) for steps in steps_by_seed.values()]
-    agg = aggregate(per_seed)
-    benches = cfg.headline or sorted({b for m in agg.values() for b, v in m.items() if v[0] is not None})
-    students = [f"student_{s}" for s in STUDENT_ORDER if s in cfg.students]
-    pgr = pgr_over_seeds(per_seed, students, benches)
-    models = [m for m in (*WEAK, *students, "student_gold") if m in agg]
-    table = markdown_table(["model", *benches],
-                           [[m, *[fmt(*agg[m].get(b, (None, None, 0))[:2]) for b in benches]] for m in models])
-    pgr_md = markdown_table(["student", *benches, "mean"],
-                            [[s, *[fmt(*pgr[s][b], pct=False) for b in [*benches, "mean"]]] for s in students])
-    plot_pgr(pgr, out / "pgr.png")
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+def write_report(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
+                 out: Path | None = None, quiet: bool = False) -> Path:
+    """Write `report.md` (+ `report.json`, plots) of one experiment and print the headline."""
+    out = Path(out or cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = results(cfg, steps_by_seed)
+    plot_pgr(res.pgr, out / "pgr.png")
     first_steps = next(iter(steps_by_seed.values()))
     plot_curves(curves(first_steps), out / "loss_curves.png", "training loss (first seed)")
     _copy_audit_plot(first_steps, out)
-    text = _report_text(cfg, table, pgr_md, steps_by_seed)
+    if cfg.rounds > 1:
+        _plot_rounds(cfg, res, out / "rounds.png")
+    text = _report_text(cfg, res, steps_by_seed, out)
     (out / "report.md").write_text(text)
-    write_json_atomic(out / "report.json", {"seeds": list(steps_by_seed), "scores": per_seed,
-                                            "aggregate": agg, "pgr": pgr, "benchmarks": benches})
-    print("\n" + table + "\n\nPGR (performance gap recovered; 0 = best weak teacher, 1 = gold ceiling)\n"
-          + pgr_md)
+    write_json_atomic(out / "report.json", {"seeds": list(steps_by_seed), "scores": res.per_seed,
+                                            "aggregate": res.agg, "pgr": res.pgr,
+                                            "benchmarks": res.benches, "bias": res.bias})
+    if not quiet:
+        print("\n" + scores_table(res) + "\n\nPGR (performance gap recovered; 0 = best weak teacher, "
+              "1 = gold ceiling)\n" + pgr_markdown(res))
     return out / "report.md"
+
+
+def _round_students(cfg: ExperimentConfig) -> list[str]:
+    return ["student_bootstrapped"] + [f"student_bootstrapped_r{r}" for r in range(2, cfg.rounds + 1)]
+
+
+def _plot_rounds(cfg: ExperimentConfig, res: Results, path: Path) -> Path:
+    points = [res.pgr.get(s, {}).get("mean", (None, None)) for s in _round_students(cfg)]
+    return plot_lines(list(range(1, cfg.rounds + 1)), {"mean PGR": points}, path, "round",
+                      "mean PGR", "PGR per bootstrapping round", refs=(0.0, 1.0))
 
 
 def _copy_audit_plot(steps: list[Step], out: Path) -> None:
@@ -132,25 +259,102 @@ def _copy_audit_plot(steps: list[Step], out: Path) -> None:
                 shutil.copyfile(src, out / "filter_scores.png")
 
 
-def _report_text(cfg: ExperimentConfig, table: str, pgr_md: str, steps_by_seed: dict) -> str:
+def _spread(steps_by_seed: dict) -> str:
     seeds = list(steps_by_seed)
-    n = len(seeds)
-    spread = f"mean ± std over {n} seeds ({', '.join(map(str, seeds))})" if n > 1 else f"seed {seeds[0]}"
+    return (f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
+            else f"seed {seeds[0]}")
+
+
+def _report_text(cfg: ExperimentConfig, res: Results, steps_by_seed: dict, out: Path) -> str:
     sections: list[Any] = [
         "# Weak-to-strong report", "",
-        f"Run folder `{cfg.out}`; {spread}. Numbers in %: top-1 accuracy for classification, the mean "
-        "of image->text and text->image recall@1 for retrieval.", "",
-        "## Models x benchmarks", "", table, "",
+        f"Run folder `{out}`; {_spread(steps_by_seed)}. Numbers in %: top-1 accuracy for classification, "
+        "the mean of image->text and text->image recall@1 for retrieval, exact match for VQA.", "",
+        "## Models x benchmarks", "", scores_table(res), "",
         "## Performance gap recovered", "",
-        "PGR = (student − best weak teacher) / (gold ceiling − best weak teacher), per benchmark; "
-        "n/a where the ceiling does not beat the weak teacher.", "", pgr_md, "",
+        "PGR = (student − best weak teacher) / (gold ceiling − best weak teacher), per benchmark; n/a "
+        f"where the ceiling does not beat the best weak teacher by more than {cfg.pgr_min_gap * 100:g} "
+        "points (no gap to recover, or one within evaluation noise).", "", pgr_markdown(res), "",
         "![PGR](pgr.png)", "",
-        "## The filter, audited against the world's truth", "",
-        "### captioner + filter (bootstrap)", "", filter_table(audit_rows(steps_by_seed, "audit_bootstrap")), "",
     ]
+    if cfg.rounds > 1:
+        sections += ["## Iterative rounds", "",
+                     "Round r+1 bootstraps the web split again with round r's bootstrapped student as "
+                     "the filter (the captioner stays: a CLIP student cannot caption).", "",
+                     markdown_table(["round", "student", "mean PGR"],
+                                    [[r, s, fmt(*res.pgr.get(s, {}).get("mean", (None, None)), pct=False)]
+                                     for r, s in enumerate(_round_students(cfg), 1)]), "",
+                     "![rounds](rounds.png)", ""]
+    setting = bias_setting(cfg)
+    if setting and setting["rate"] > 0 and res.bias:
+        sections += ["## Systematic bias", "",
+                     f"The world calls {setting['source']} objects {setting['target']} at rate "
+                     f"{setting['rate']:g} in the web alt-text"
+                     + (" and in the clean split the teachers learn from" if setting["clean"] else "")
+                     + ". On the colour suite:", "", bias_table(res, setting), ""]
+    sections += ["## The filter, audited against the world's truth", "",
+                 "### captioner + filter (bootstrap)", "",
+                 filter_table(audit_rows(steps_by_seed, "audit_bootstrap")), ""]
     if "filtered" in cfg.students:
         sections += ["### filter only (ablation)", "",
                      filter_table(audit_rows(steps_by_seed, "audit_filter_only")), ""]
+    for r in range(2, cfg.rounds + 1):
+        sections += [f"### round {r} (filter: round {r - 1}'s student)", "",
+                     filter_table(audit_rows(steps_by_seed, f"audit_bootstrap_r{r}")), ""]
     sections += ["![filter scores per noise type](filter_scores.png)", "",
                  "## Training curves", "", "![loss](loss_curves.png)", ""]
     return "\n".join(str(s) for s in sections)
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def _value_slug(index: int, value: Any) -> str:
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-")[:40]
+
+
+def write_sweep_report(cfg: ExperimentConfig, variants: list[Variant]) -> Path:
+    """One report per swept value under `OUT/sweep/`, and PGR against the value in `OUT/report.md`."""
+    out = Path(cfg.out)
+    label = cfg.sweep.label or cfg.sweep.key
+    per_value: list[tuple[Variant, Results, Path]] = []
+    for i, variant in enumerate(variants):
+        folder = out / "sweep" / _value_slug(i, variant.value)
+        write_report(variant.cfg, variant.steps_by_seed, out=folder, quiet=True)
+        per_value.append((variant, results(variant.cfg, variant.steps_by_seed), folder))
+    xs = [v.value for v, _, _ in per_value]
+    students = list(dict.fromkeys(s for _, r, _ in per_value for s in r.students))
+    series = {s: [r.pgr.get(s, {}).get("mean", (None, None)) for _, r, _ in per_value] for s in students}
+    plot_lines(xs, series, out / "sweep_pgr.png", label, "mean PGR", f"PGR against {label}",
+               refs=(0.0, 1.0))
+    rows = [[v.value, *[fmt(*r.pgr.get(s, {}).get("mean", (None, None)), pct=False) for s in students],
+             f"[report]({f.relative_to(out)}/report.md)"] for v, r, f in per_value]
+    sections = ["# Weak-to-strong sweep", "",
+                f"Run folder `{out}`; {_spread(variants[0].steps_by_seed)}; one experiment per value of "
+                f"`{cfg.sweep.key}`. Mean PGR over the headline benchmarks (n/a: no benchmark with a gap "
+                "to recover).", "", markdown_table([label, *students, "full report"], rows), "",
+                "![PGR against the swept value](sweep_pgr.png)", ""]
+    bias_series = _bias_series(per_value)
+    if bias_series:
+        setting = bias_setting(variants[-1].cfg) or {"source": "source", "target": "target"}
+        ylabel = f"{setting['source']} called {setting['target']} (%)"
+        plot_lines(xs, bias_series, out / "sweep_bias.png", label, ylabel, "bias inherited from the teachers")
+        sections += ["## Bias inherited", "", markdown_table(
+            [label, *bias_series], [[x, *[fmt(*bias_series[m][i]) for m in bias_series]] for i, x in enumerate(xs)]),
+            "", "![bias](sweep_bias.png)", ""]
+    (out / "report.md").write_text("\n".join(str(s) for s in sections))
+    write_json_atomic(out / "report.json", {"sweep": {"key": cfg.sweep.key, "values": xs},
+                                            "pgr": {s: series[s] for s in students},
+                                            "reports": [str(f) for _, _, f in per_value]})
+    print("\n" + markdown_table([label, *students], [row[:-1] for row in rows]))
+    return out / "report.md"
+
+
+def _bias_series(per_value: list[tuple[Variant, Results, Path]]) -> dict[str, list[tuple]]:
+    """model -> (mean, std) of the bias rate per swept value (0 where the world is unbiased)."""
+    if not any(r.bias for _, r, _ in per_value):
+        return {}
+    models = [m for m in (*WEAK, "student_bootstrapped", CEILING)
+              if any(r.bias and m in r.bias for _, r, _ in per_value)]
+    return {m: [(r.bias or {}).get(m, (None, None)) for _, r, _ in per_value] for m in models}

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from data_pipelines.instructions import KINDS
+from models.llava_spec import LlavaSpec
 from models.specs import CaptionerSpec, DualEncoderSpec
 
 
@@ -66,12 +68,14 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """`mmw2s train`: a captioner (LM loss) or a CLIP-style dual encoder (contrastive) on shards."""
+    """`mmw2s train`: a captioner (LM loss), a CLIP-style dual encoder (contrastive) or a
+    LLaVA-style student (LM loss on answers, stage 1 or 2) on shards."""
 
     data: str = field(metadata={"help": "training shards: brace pattern, glob, folder or list (::)"})
     out: str = field(metadata={"help": "run folder: checkpoints/, final/, metrics.jsonl, config.yaml"})
-    task: Literal["captioner", "clip"] = field(default="clip", metadata={
-        "help": "captioner: language-model loss; clip: contrastive dual encoder"})
+    task: Literal["captioner", "clip", "llava"] = field(default="clip", metadata={
+        "help": "captioner: language-model loss; clip: contrastive dual encoder; llava: vision "
+                "tower + projector + causal LM (see llava_stage)"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps (every rank runs exactly these)"})
     batch_size: int = field(default=64, metadata={"help": "samples per rank per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
@@ -83,6 +87,15 @@ class TrainConfig:
         "help": "accelerate mixed precision (bf16 works on CPU; fp16 needs a GPU)"})
     workers: int = field(default=2, metadata={"help": "DataLoader worker processes per rank"})
     shuffle_buffer: int = field(default=256, metadata={"help": "samples in the shuffle buffer"})
+    prefetch_factor: int = field(default=4, metadata={
+        "help": "batches each DataLoader worker prepares ahead (workers > 0)"})
+    pin_memory: Optional[bool] = field(default=None, metadata={
+        "help": "page-locked batches for faster, asynchronous host-to-GPU copies; null: on with CUDA"})
+    persistent_workers: bool = field(default=False, metadata={
+        "help": "keep DataLoader workers alive between passes over the loader (workers > 0)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model's forward (a GPU speed-up after a compile warm-up of the "
+                "first steps; checkpoints are the same as without)"})
     seed: int = field(default=0, metadata={"help": "seed of weights, data order and augmentations"})
     checkpoint_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only final)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept (0: all)"})
@@ -103,16 +116,32 @@ class TrainConfig:
         "help": "task=captioner: the captioner to build (registered name, hub id or folder)"})
     dual_encoder: DualEncoderSpec = field(default_factory=DualEncoderSpec, metadata={
         "help": "task=clip: the dual encoder to build (open_clip architecture + pretrained)"})
+    llava_stage: Literal[1, 2] = field(default=1, metadata={
+        "help": "task=llava: 1 = projector pre-training on image-caption pairs (LM and vision "
+                "frozen); 2 = projector + LM instruction-tuned on `mmw2s synthesize` records"})
+    train_vision: bool = field(default=False, metadata={
+        "help": "task=llava: also train the vision tower (LLaVA keeps it frozen)"})
+    init_from: Optional[str] = field(default=None, metadata={
+        "help": "task=llava: a saved student folder to start from (stage 2: the stage-1 final/ "
+                "folder, whose tokenizer is reused); null: build `llava` from its spec"})
+    instructions: Optional[str] = field(default=None, metadata={
+        "help": "task=llava stage 2: folder of SHARD.jsonl LLaVA records; null: the "
+                "instructions/ folder of a `mmw2s synthesize` output given as data"})
+    instruction_kinds: list[str] = field(default_factory=lambda: list(KINDS),
+                                         metadata={"help": "task=llava stage 2: record kinds trained on"})
+    llava: LlavaSpec = field(default_factory=LlavaSpec, metadata={
+        "help": "task=llava: the student to build when init_from is null (vision tower, projector, LM)"})
 
     @property
     def loss_name(self) -> str:
         """The loss actually used (`loss.name`, or the task's default)."""
-        return self.loss.name or ("lm" if self.task == "captioner" else "contrastive")
+        return self.loss.name or ("contrastive" if self.task == "clip" else "lm")
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting."""
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "log_every": self.log_every, "max_nonfinite_in_a_row": self.max_nonfinite_in_a_row}
+                    "log_every": self.log_every, "max_nonfinite_in_a_row": self.max_nonfinite_in_a_row,
+                    "prefetch_factor": self.prefetch_factor}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -126,10 +155,21 @@ class TrainConfig:
                 "text.source=gold reads the evaluation-only truth block and is allowed only for the "
                 "gold-ceiling setting: set both text.source=gold and reads_truth=true, or neither "
                 f"(got text.source={self.text.source}, reads_truth={self.reads_truth})")
-        allowed = {"captioner": ("lm", "weighted"),
+        allowed = {"captioner": ("lm", "weighted"), "llava": ("lm",),
                    "clip": ("contrastive", "weighted", "aux_confidence")}[self.task]
         if self.loss_name not in allowed:
             raise ValueError(f"loss.name={self.loss_name} is not available for task={self.task} "
                              f"(choose from {', '.join(allowed)})")
         if self.resume not in (None, "latest") and not self.resume:
             raise ValueError("resume must be null, 'latest' or a checkpoint folder")
+        if self.task == "llava":
+            self._validate_llava()
+
+    def _validate_llava(self) -> None:
+        unknown = [k for k in self.instruction_kinds if k not in KINDS]
+        if unknown or not self.instruction_kinds:
+            raise ValueError(f"instruction_kinds must be a non-empty list of {list(KINDS)}, "
+                             f"got {self.instruction_kinds}")
+        if self.llava_stage == 2 and self.reads_truth:
+            raise ValueError("llava_stage=2 trains on instruction records, not on text.source=gold: "
+                             "synthesize the gold ceiling's records from gold captions instead")

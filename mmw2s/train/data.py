@@ -5,7 +5,9 @@
   Each rank cycles its shards forever and the loop counts optimizer steps, so every rank runs
   exactly `steps` steps whatever the shard sizes (no rank runs dry and hangs the others).
 - Workers: `event_pipeline` deals whole shards to DataLoader workers; captions are chosen, samples
-  shuffled in a small buffer and images turned into tensors inside the workers. The shuffle and
+  shuffled in a small buffer, images turned into tensors and (clip) captions tokenized inside the
+  workers, so the training thread only trains: on a few CPU cores every millisecond of per-batch
+  work in the training process adds to the step. The shuffle and
   the `mix` draws use a `random.Random` seeded from (seed, rank, worker); image augmentations are
   seeded per batch. The stream is therefore a pure function of (seed, rank, worker, batch index).
 - Resume: the DataLoader takes batches from its `N` workers round-robin, always starting with
@@ -24,13 +26,14 @@ import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
-from data_pipelines.shards import ReadLimits, ShardEnd, Skip, event_pipeline, expand_urls
+from data_pipelines.shards import ReadLimits, ShardEnd, Skip, event_loader, expand_urls
 from mmw2s.train.texts import TextSelector
 
 ImagesToTensor = Callable[[list[Image.Image]], torch.Tensor]  # list of B PIL -> (B, 3, H, W)
@@ -81,8 +84,10 @@ class TrainStream:
 
     def __init__(self, select: TextSelector, to_tensor: ImagesToTensor, batch_size: int,
                  seed: int, rank: int, sample_split: Optional[tuple[int, int]] = None,
-                 shuffle_buffer: int = 256, consumed: int = 0, num_shards: int = 1) -> None:
+                 shuffle_buffer: int = 256, consumed: int = 0, num_shards: int = 1,
+                 tokenize: Optional[Callable[[list[str]], torch.Tensor]] = None) -> None:
         self.select, self.to_tensor, self.batch_size = select, to_tensor, batch_size
+        self.tokenize = tokenize  # texts -> (B, L) token ids, when the task has a tokenizer
         self.seed, self.rank, self.sample_split = seed, rank, sample_split
         self.shuffle_buffer, self.consumed, self.num_shards = shuffle_buffer, consumed, num_shards
 
@@ -123,11 +128,15 @@ class TrainStream:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash_seed(self.seed, self.rank, worker, index))
             pixels = self.to_tensor([s["image"] for s in samples])  # (B, 3, H, W)
-        return {"pixel_values": pixels, "texts": [s["text"] for s in samples],
-                "weights": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
-                "keys": [s["__key__"] for s in samples],
-                "events": {"skipped": dict(events["skipped"]), "shards": events["shards"],
-                           "damaged": events["damaged"]}}
+        texts = [s["text"] for s in samples]
+        batch = {"pixel_values": pixels, "texts": texts,
+                 "weights": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
+                 "keys": [s["__key__"] for s in samples],
+                 "events": {"skipped": dict(events["skipped"]), "shards": events["shards"],
+                            "damaged": events["damaged"]}}
+        if self.tokenize is not None:  # here, in a worker, rather than on the training thread
+            batch["tokens"] = self.tokenize(texts)  # (B, L)
+        return batch
 
 
 def hash_seed(*parts: int) -> int:
@@ -207,16 +216,72 @@ class TrainLoader:
 
 def make_loader(spec: str, select: TextSelector, to_tensor: ImagesToTensor, *, batch_size: int,
                 workers: int, seed: int, rank: int, world: int, consumed: int = 0,
-                shuffle_buffer: int = 256) -> TrainLoader:
-    """This rank's endless training batches, continuing after `consumed` batches."""
+                shuffle_buffer: int = 256, tokenize: Optional[Callable[[list[str]], torch.Tensor]] = None,
+                **loader_options: Any) -> TrainLoader:
+    """This rank's endless training batches, continuing after `consumed` batches.
+
+    With `tokenize`, batches also carry `tokens` (B, L), made in the workers. `loader_options` go to
+    the DataLoader (`pin_memory`, `persistent_workers`, `prefetch_factor`; `loader_settings` makes
+    them from the config).
+    """
     urls, sample_split = rank_shards(expand_urls(spec), rank, world, seed)
     workers = min(workers, len(urls))  # a worker without a shard of its own would duplicate one
     # Each worker drops consumed // N batches itself; the loader drops the rest of the last round.
     stream = TrainStream(select, to_tensor, batch_size, seed, rank, sample_split,
-                         shuffle_buffer, consumed, num_shards=len(urls))
+                         shuffle_buffer, consumed, num_shards=len(urls), tokenize=tokenize)
     # A sample without a caption member is still usable when the text comes from its JSON.
     limits = ReadLimits(require_caption=select.cfg.source == "txt")
-    pipeline = event_pipeline(urls, limits, stages=[stream], repeat=True)
-    loader = DataLoader(pipeline, batch_size=None, num_workers=workers,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    options = {"prefetch_factor": 4, **loader_options}
+    loader = event_loader(urls, limits, stages=[stream], repeat=True, workers=workers, **options)
     return TrainLoader(loader, consumed % max(workers, 1))
+
+
+def loader_settings(prefetch_factor: int, pin_memory: Optional[bool], persistent_workers: bool,
+                    device: torch.device) -> dict:
+    """The DataLoader options that keep an accelerator fed.
+
+    Pinned (page-locked) batches let the host-to-GPU copy run asynchronously (`non_blocking`);
+    on CPU pinning is only a wasted copy, so `pin_memory=None` means "on with CUDA".
+    """
+    pin = device.type == "cuda" if pin_memory is None else pin_memory
+    return {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,
+            "pin_memory": pin and torch.cuda.is_available()}
+
+
+class BatchedToTensor:
+    """A torchvision `Compose` applied to a batch: its per-image steps image by image, then its
+    trailing to-tensor + `Normalize` steps once on the stacked batch.
+
+    Same values as `torch.stack([transform(im) for im in images])` (the same float operations in
+    the same order, checked bit-equal in the tests), but the two tail steps cost ~70% of the
+    per-image transform time when done one image at a time; on 2 CPU cores the data-loader
+    worker competes with training for the same cores, so its time adds to every step.
+    A transform of any other shape is applied image by image, as before.
+    """
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.transform = transform
+        self.head, self.mean, self.std = _split_tensor_tail(transform)
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        if self.head is None:
+            return torch.stack([self.transform(im) for im in images])
+        arrays = [np.asarray(self.head(im)) for im in images]
+        if len({a.shape for a in arrays}) != 1 or arrays[0].dtype != np.uint8 or arrays[0].ndim != 3:
+            return torch.stack([self.transform(im) for im in images])  # not plain same-size RGB
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W) uint8
+        pixels = pixels.to(dtype=torch.get_default_dtype()).div(255)
+        return pixels.sub(self.mean).div(self.std)  # (B, C, H, W)
+
+
+def _split_tensor_tail(transform: Any) -> tuple[Optional[Callable], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """`(per-image head, mean, std)` of a Compose ending in ToTensor + Normalize, else Nones."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or type(steps[-1]) is not T.Normalize or not isinstance(steps[-2], T.ToTensor):
+        return None, None, None
+    normalize = steps[-1]
+    mean = torch.as_tensor(normalize.mean, dtype=torch.get_default_dtype()).view(1, -1, 1, 1)
+    std = torch.as_tensor(normalize.std, dtype=torch.get_default_dtype()).view(1, -1, 1, 1)
+    return T.Compose(steps[:-2]), mean, std

@@ -32,7 +32,7 @@ from mmw2s.errors import StageError
 from mmw2s.config import save_config
 from mmw2s.train import checkpoint as ckpt
 from mmw2s.train.config import TrainConfig
-from mmw2s.train.data import DataStats, make_loader
+from mmw2s.train.data import DataStats, loader_settings, make_loader
 from mmw2s.train.metrics import MetricsLogger, plot_loss
 from mmw2s.train.tasks import TrainTask, build_task, model_path
 from mmw2s.train.texts import TextSelector
@@ -132,13 +132,15 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, resume: Optional[Path]) -
     """Build task, optimizer and scheduler, prepare them, and restore a checkpoint if any."""
     selector = TextSelector(cfg.text)
     task = build_task(cfg, selector, resume / ckpt.MODEL if resume else None)
-    optimizer = torch.optim.AdamW(_param_groups(task.module, cfg.weight_decay), lr=cfg.lr)
+    # fused: one kernel over all parameters instead of a loop of small ops (~6x faster on CPU for
+    # our from-scratch models, whose 49k-token text embedding dominates the parameter count)
+    optimizer = torch.optim.AdamW(_param_groups(task.module, cfg.weight_decay), lr=cfg.lr, fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     # The scheduler is stepped by hand once per optimizer step (accelerate would step a prepared
     # one once per process); registering it puts it in save_state/load_state.
     accelerator.register_for_checkpointing(scheduler)
     model, optimizer = accelerator.prepare(task.module, optimizer)
-    task.attach(model)
+    task.attach(_compiled(model) if cfg.compile else model)
     progress = Progress()
     if resume is not None:
         accelerator.load_state(str(resume / ckpt.STATE))
@@ -149,6 +151,18 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, resume: Optional[Path]) -
         if cfg.reads_truth:
             r.metrics.note("reads_truth", "text.source=gold: trained on the truth block (gold ceiling)")
     return r
+
+
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with its forward compiled in place (`nn.Module.compile`), returned for chaining.
+
+    In place rather than `torch.compile(model)` or accelerate's `dynamo_backend`: no wrapper
+    module, so state dicts keep their keys (no `_orig_mod.` prefix), a checkpoint resumes with or
+    without `compile`, and exports are the same either way. Under DDP the inner module is compiled.
+    """
+    log.info("compile=true: the first steps are slower while torch.compile compiles the model")
+    getattr(model, "module", model).compile()
+    return model
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -180,10 +194,14 @@ def _train(r: Run) -> None:
     cfg, acc, p = r.cfg, r.accelerator, r.progress
     if p.step >= cfg.steps:
         return  # killed after its last checkpoint, before final/: only final/ is left to write
-    loader = make_loader(cfg.data, r.task.selector, r.task.images_to_tensor,
+    # A task may read other shards than `data` names (llava: a synthesize folder's images/).
+    loader = make_loader(getattr(r.task, "data", cfg.data), r.task.selector, r.task.images_to_tensor,
                          batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
                          rank=acc.process_index, world=acc.num_processes,
-                         consumed=p.batches_consumed, shuffle_buffer=cfg.shuffle_buffer)
+                         consumed=p.batches_consumed, shuffle_buffer=cfg.shuffle_buffer,
+                         tokenize=getattr(r.task, "texts_to_tokens", None),
+                         **loader_settings(cfg.prefetch_factor, cfg.pin_memory, cfg.persistent_workers,
+                                           acc.device))
     batches = iter(loader)
     bar = tqdm(total=cfg.steps, initial=p.step, disable=not acc.is_main_process,
                desc=f"train {cfg.task}", dynamic_ncols=True)

@@ -8,10 +8,15 @@ step)` computed through the prepared module's forward (so DDP synchronizes gradi
   `BlipForConditionalGeneration` / `VisionEncoderDecoderModel.from_pretrained` and
   `Captioner.load` read;
 - clip: `open_clip_model.safetensors`, the state dict that
-  `open_clip.create_model_and_transforms(arch, pretrained=PATH)` loads (+ its config JSON).
+  `open_clip.create_model_and_transforms(arch, pretrained=PATH)` loads (+ its config JSON);
+- llava: a `LlavaStudent.save_pretrained` folder (vision tower, projector, `lm/` with its
+  tokenizer) that `LlavaStudent.from_pretrained` reads.
+
+A task may also set `data`, the shards the loop reads when they are not `cfg.data` itself.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from pathlib import Path
@@ -22,10 +27,12 @@ from PIL import Image
 
 from data_pipelines.shards import ReadLimits, iter_samples
 from mmw2s.train.config import TrainConfig
+from mmw2s.train.conversations import llava_sources, stage1_turns, stage2_selector, vocabulary_texts
 from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from models.captioner_build import build_captioner, list_captioners
 from models.captioners import Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
+from models.llava import LlavaStudent, images_to_tensor, registered_lms
 from models.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ def build_task(cfg: TrainConfig, selector: TextSelector, resume_model: Optional[
     """The task adapter of `cfg.task`, its model built from the spec or a checkpoint's model."""
     if cfg.task == "captioner":
         return CaptionerTask(cfg, selector, resume_model)
+    if cfg.task == "llava":
+        return LlavaTask(cfg, selector, resume_model)
     return ClipTask(cfg, selector)
 
 
@@ -103,6 +112,7 @@ class ClipTask:
         self.dual: DualEncoder = build_dual_encoder(cfg.dual_encoder)
         self.module = self.dual.model
         self.images_to_tensor = TransformImages(self.dual.preprocess_train)
+        self.texts_to_tokens = self.dual.tokenizer  # light: runs in workers, off the training thread
         kwargs = ({"aux_coef": cfg.loss.aux_coef, "warmup_frac": cfg.loss.aux_warmup_frac}
                   if cfg.loss_name == "aux_confidence" else {})
         self.loss_fn = build_loss(cfg.loss_name, **kwargs)
@@ -114,7 +124,8 @@ class ClipTask:
     def loss(self, batch: dict, step: int) -> torch.Tensor:
         """The configured contrastive loss, over the global batch when ranks are gathered."""
         device = self.dual.device
-        out = self.dual.model(batch["pixel_values"].to(device), self.dual.tokenize(batch["texts"]))
+        tokens = batch["tokens"].to(device) if "tokens" in batch else self.dual.tokenize(batch["texts"])  # (B, L)
+        out = self.dual.model(batch["pixel_values"].to(device), tokens)
         img, txt = out["image_features"], out["text_features"]  # (B, D) each, normalized
         weights = batch["weights"].to(device)  # (B,)
         if self.cfg.loss.gather_ranks and _world() > 1:
@@ -125,6 +136,67 @@ class ClipTask:
     def export(self, folder: Path) -> None:
         """`open_clip_model.safetensors` + `open_clip_config.json` (open_clip loads both)."""
         self.dual.save(folder)
+
+
+class LlavaTask:
+    """LLaVA's two stages: next-token loss on the answers of (image, conversation) pairs.
+
+    Stage 1 trains the projector on image-caption pairs (each a one-turn conversation); stage 2
+    the projector and the LM on `mmw2s synthesize` records. The vision tower trains only with
+    `train_vision`. A from-scratch LM gets its word vocabulary in stage 1 from every text the
+    student will see (captions and, when `data` is a synthesize folder, its records); stage 2
+    starts from the stage-1 folder (`init_from`) and keeps that tokenizer.
+    """
+
+    def __init__(self, cfg: TrainConfig, selector: TextSelector, resume_model: Optional[Path]) -> None:
+        self.cfg = cfg
+        self.data, records = llava_sources(cfg)
+        self.stage = cfg.llava_stage
+        self.selector = stage2_selector(cfg, records) if self.stage == 2 else selector
+        self.student = self._build(cfg, selector, records, resume_model)
+        trainable = self.student.freeze(self.stage, cfg.train_vision)
+        log.info("llava stage %d: training %s; %d image tokens, vocabulary %d", self.stage,
+                 " + ".join(trainable), self.student.num_image_tokens, len(self.student.tokenizer))
+        self.module = self.student
+        self.images_to_tensor = functools.partial(images_to_tensor, image_cfg=self.student.image_cfg)
+        self.model: torch.nn.Module = self.student
+
+    def _build(self, cfg: TrainConfig, selector: TextSelector, records: Optional[Path],
+               resume_model: Optional[Path]) -> LlavaStudent:
+        if resume_model is not None or cfg.init_from:  # that folder's own tokenizer
+            source = resume_model or Path(cfg.init_from)
+            log.info("llava student from %s", source)
+            return LlavaStudent.from_pretrained(source)
+        if cfg.llava.lm not in registered_lms():
+            return LlavaStudent.build(cfg.llava)
+        captions = training_captions(self.data, selector, cfg.tokenizer_captions)
+        texts = vocabulary_texts(captions, records, cfg.instruction_kinds)
+        log.info("llava LM %s from scratch: vocabulary from %d texts (%d captions)",
+                 cfg.llava.lm, len(texts), len(captions))
+        return LlavaStudent.build(cfg.llava, texts)
+
+    def attach(self, prepared: torch.nn.Module) -> None:
+        """Forward passes go through the prepared (e.g. DDP) module."""
+        self.model = prepared
+
+    def loss(self, batch: dict, step: int) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens of the batch's conversations."""
+        if self.stage == 1:
+            turns = [stage1_turns(c, k) for c, k in zip(batch["texts"], batch["keys"])]
+        else:
+            turns = batch["texts"]
+        encoded = [self.student.encode_conversation(t) for t in turns]
+        keep = [i for i, e in enumerate(encoded) if e is not None]
+        if not keep:
+            raise ValueError(f"no sample of the batch fits llava.max_length={self.student.spec.max_length} "
+                             "with an answer token left; raise llava.max_length")
+        tensors = {k: v.to(self.student.device) for k, v in self.student.collate([encoded[i] for i in keep]).items()}
+        pixels = batch["pixel_values"][keep].to(self.student.device)  # (B, 3, S, S)
+        return self.model(pixels, **tensors).loss
+
+    def export(self, folder: Path) -> None:
+        """A `save_pretrained` folder that `LlavaStudent.from_pretrained` reads."""
+        self.student.save_pretrained(folder)
 
 
 class ProcessorImages:
@@ -138,13 +210,17 @@ class ProcessorImages:
 
 
 class TransformImages:
-    """PIL images -> `(B, 3, H, W)` with a per-image transform (open_clip's training transform)."""
+    """PIL images -> `(B, 3, H, W)` with a per-image transform (open_clip's training transform);
+    its to-tensor + normalize tail runs once per batch (`mmw2s.train.data.BatchedToTensor`)."""
 
     def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        from mmw2s.train.data import BatchedToTensor
+
         self.transform = transform
+        self._batched = BatchedToTensor(transform)
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(im) for im in images])
+        return self._batched(images)
 
 
 def _world() -> int:
