@@ -112,6 +112,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, ax, path: Path) -> Path:
+    """Legend (when anything is labelled), tight layout, PNG, and the figure closed."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_pgr(pgr_rows: Mapping[str, Mapping[str, tuple[float | None, float | None]]],
              path: Path) -> Path:
     """Grouped bars of PGR per benchmark for each student (error bars = std over seeds)."""
@@ -135,11 +145,7 @@ def plot_pgr(pgr_rows: Mapping[str, Mapping[str, tuple[float | None, float | Non
     ax.set_xticklabels(benchmarks, rotation=30, ha="right")
     ax.set_ylabel("performance gap recovered")
     ax.set_title("PGR per benchmark (0 = weak teacher, 1 = gold ceiling)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path,
@@ -154,12 +160,7 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path,
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_lines(xs: Sequence[object], series: Mapping[str, Sequence[tuple[float | None, float | None]]],
@@ -182,9 +183,4 @@ def plot_lines(xs: Sequence[object], series: Mapping[str, Sequence[tuple[float |
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)

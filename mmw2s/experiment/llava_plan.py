@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmw2s.config import ConfigError
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Planner, Step, _plan_captioner, merge
+from mmw2s.experiment.plan import Planner, Step, merge, plan_teachers
 
 STAGE_SECTIONS = ("stage1", "stage2")
 NOISE_OFF = {"mismatched": 0.0, "random_words": 0.0, "wrong_attribute": 0.0, "incomplete": 0.0,
@@ -31,25 +31,13 @@ NOISE_OFF = {"mismatched": 0.0, "random_words": 0.0, "wrong_attribute": 0.0, "in
 
 def plan_llava_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     """The stages of one seed of the LLaVA experiment, in the order they run."""
-    from data_pipelines.world import WorldConfig
     from mmw2s.audit import AuditConfig
-    from mmw2s.bootstrap.config import BootstrapConfig
-    from mmw2s.train.config import TrainConfig
 
     _check_student_section(cfg.llava_student, source)
     p = Planner(source, Path(cfg.out) / f"seed_{seed}")
-    world = p.add("world", "world", WorldConfig, merge(cfg.world, {"seed": seed}), "world")
-    world_dir = Path(world.cfg.out)
-    captioner = _plan_captioner(p, cfg, world_dir, seed, TrainConfig)
-    filt = p.add("weak_filter", "train", TrainConfig,
-                 merge(cfg.weak_filter, {"task": "clip", "data": str(world_dir / "clean"), "seed": seed}),
-                 "weak_filter")
-    filter_model = str(Path(filt.cfg.out) / "final")
-    boot_common = {"input": str(world_dir / "web"), "seed": seed,
-                   "filter": {"kind": "clip", "dual_encoder": {"arch": f"local-dir:{filter_model}",
-                                                                "pretrained": None}}}
-    boot = p.add("bootstrap", "bootstrap", BootstrapConfig,
-                 merge(cfg.bootstrap, merge(boot_common, {"captioner": {"name": captioner}})), "bootstrap")
+    t = plan_teachers(p, cfg, seed)
+    world_dir, captioner, filter_model, boot_common, boot = (
+        t.world_dir, t.captioner, t.filter_model, t.boot_common, t.bootstrap)
     captions = _caption_sources(p, cfg, seed, world_dir, boot, boot_common)
     tower = _plan_vision_tower(p, cfg, seed, world_dir, filter_model)
     students = {name: _plan_student(p, cfg, seed, name, captions[name], tower) for name in cfg.students}

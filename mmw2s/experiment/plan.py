@@ -66,26 +66,15 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
         from mmw2s.experiment.llava_plan import plan_llava_seed
 
         return plan_llava_seed(cfg, source, seed)
-    from data_pipelines.world import WorldConfig
     from mmw2s.audit import AuditConfig
     from mmw2s.bootstrap.config import BootstrapConfig
     from mmw2s.evaluate.config import EvalConfig
     from mmw2s.train.config import TrainConfig
 
     p = Planner(source, Path(cfg.out) / f"seed_{seed}")
-    world = p.add("world", "world", WorldConfig, merge(cfg.world, {"seed": seed}), "world")
-    world_dir = Path(world.cfg.out)
-    captioner = _plan_captioner(p, cfg, world_dir, seed, TrainConfig)
-    filt = p.add("weak_filter", "train", TrainConfig,
-                 merge(cfg.weak_filter, {"task": "clip", "data": str(world_dir / "clean"), "seed": seed}),
-                 "weak_filter")
-    filter_model = str(Path(filt.cfg.out) / "final")
-    boot_common = {"input": str(world_dir / "web"), "seed": seed,
-                   "filter": {"kind": "clip", "dual_encoder": {"arch": f"local-dir:{filter_model}",
-                                                                "pretrained": None}}}
-    boot = p.add("bootstrap", "bootstrap", BootstrapConfig,
-                 merge(cfg.bootstrap, merge(boot_common, {"captioner": {"name": captioner}})),
-                 "bootstrap")
+    t = plan_teachers(p, cfg, seed)
+    world_dir, captioner, filter_model, boot_common, boot = (
+        t.world_dir, t.captioner, t.filter_model, t.boot_common, t.bootstrap)
     data = {"web": (str(world_dir / "web"), {"source": "txt"}),
             "bootstrapped": (str(Path(boot.cfg.out) / "shards"), {"source": "txt"}),
             "gold": (str(world_dir / "web"), {"source": "gold"})}
@@ -111,6 +100,39 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     for b in audits:
         p.steps.append(Step(f"audit_{b.name}", "audit", AuditConfig(run=b.cfg.out), Path(b.cfg.out)))
     return p.steps
+
+
+@dataclass
+class Teachers:
+    """What every pipeline plans first: the world, the weak captioner and filter, the bootstrap."""
+
+    world_dir: Path
+    captioner: str  # the captioner's final/ folder
+    filter_model: str  # the filter's final/ folder
+    boot_common: dict  # bootstrap keys shared by the bootstrap and its filter-only ablation
+    bootstrap: Step
+
+
+def plan_teachers(p: Planner, cfg: ExperimentConfig, seed: int) -> Teachers:
+    """world -> weak captioner (+ pre-training) and weak filter -> CapFilt over world/web."""
+    from data_pipelines.world import WorldConfig
+    from mmw2s.bootstrap.config import BootstrapConfig
+    from mmw2s.train.config import TrainConfig
+
+    world = p.add("world", "world", WorldConfig, merge(cfg.world, {"seed": seed}), "world")
+    world_dir = Path(world.cfg.out)
+    captioner = _plan_captioner(p, cfg, world_dir, seed, TrainConfig)
+    filt = p.add("weak_filter", "train", TrainConfig,
+                 merge(cfg.weak_filter, {"task": "clip", "data": str(world_dir / "clean"), "seed": seed}),
+                 "weak_filter")
+    filter_model = str(Path(filt.cfg.out) / "final")
+    boot_common = {"input": str(world_dir / "web"), "seed": seed,
+                   "filter": {"kind": "clip", "dual_encoder": {"arch": f"local-dir:{filter_model}",
+                                                                "pretrained": None}}}
+    boot = p.add("bootstrap", "bootstrap", BootstrapConfig,
+                 merge(cfg.bootstrap, merge(boot_common, {"captioner": {"name": captioner}})),
+                 "bootstrap")
+    return Teachers(world_dir, captioner, filter_model, boot_common, boot)
 
 
 def _plan_rounds(p: Planner, cfg: ExperimentConfig, boot_common: dict, captioner: str,
