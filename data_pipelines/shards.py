@@ -13,7 +13,6 @@ Writing: `ShardWriter` writes `NAME.tar.partial`, renames it to `NAME.tar` when 
 """
 from __future__ import annotations
 
-import functools
 import glob
 import io
 import json
@@ -366,23 +365,13 @@ class RecordLoader:
                  chunk: int = 32, **loader_options: Any) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        self.loader = event_loader(urls, limits, stages=[functools.partial(_chunks, size=chunk)],
+        # webdataset's own batching filter, without collation: lists of records
+        self.loader = event_loader(urls, limits, stages=[wds.batched(chunk, collation_fn=None, partial=True)],
                                    workers=workers, **loader_options)
 
     def __iter__(self) -> Iterator[dict | Skip | ShardEnd]:
         for records in self.loader:
             yield from records
-
-
-def _chunks(src: Iterable[Any], size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in src:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # --------------------------------------------------------------------------------------------

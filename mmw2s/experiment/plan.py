@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmw2s.config import build, deep_merge, set_dotted, to_dict
+from mmw2s.config import build, set_dotted, to_dict
+from mmw2s.config import deep_merge as merge  # section keys win over the run's defaults
 from mmw2s.experiment.config import ExperimentConfig
 
 
@@ -36,11 +37,6 @@ def config_key(data: dict, root: Path | None = None) -> str:
     if root is not None:
         text = text.replace(str(root), "<run>")
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """Deep-merge `extra` into a copy of `base` (section keys win over the run's defaults)."""
-    return deep_merge(base, extra)
 
 
 class Planner:
@@ -204,9 +200,8 @@ def plan_variants(cfg: ExperimentConfig, source: str = "experiment") -> list[Var
             raise ConfigError(f"{source}: sweep.key {cfg.sweep.key!r}: {section!r} is not a key of the "
                               f"experiment; keys: {sorted(data)}")
         set_dotted(data, cfg.sweep.key, value)
-        variants.append(Variant(value, build(ExperimentConfig, data, f"{source} (sweep {cfg.sweep.key}={value})"),
-                                {}))
-        variants[-1].steps_by_seed = plan(variants[-1].cfg, source)
+        variant_cfg = build(ExperimentConfig, data, f"{source} (sweep {cfg.sweep.key}={value})")
+        variants.append(Variant(value, variant_cfg, plan(variant_cfg, source)))
     return variants
 
 

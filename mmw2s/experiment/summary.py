@@ -219,11 +219,14 @@ def curves(steps: list[Step]) -> dict[str, list[tuple[int, float]]]:
 
 
 def write_report(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
-                 out: Path | None = None, quiet: bool = False) -> Path:
-    """Write `report.md` (+ `report.json`, plots) of one experiment and print the headline."""
+                 out: Path | None = None, quiet: bool = False, res: Results | None = None) -> Path:
+    """Write `report.md` (+ `report.json`, plots) of one experiment and print the headline.
+
+    `res`: the experiment's `results` when the caller has them already (a sweep).
+    """
     out = Path(out or cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = results(cfg, steps_by_seed)
+    res = res or results(cfg, steps_by_seed)
     plot_pgr(res.pgr, out / "pgr.png")
     first_steps = next(iter(steps_by_seed.values()))
     plot_curves(curves(first_steps), out / "loss_curves.png", "training loss (first seed)")
@@ -321,8 +324,9 @@ def write_sweep_report(cfg: ExperimentConfig, variants: list[Variant]) -> Path:
     per_value: list[tuple[Variant, Results, Path]] = []
     for i, variant in enumerate(variants):
         folder = out / "sweep" / _value_slug(i, variant.value)
-        write_report(variant.cfg, variant.steps_by_seed, out=folder, quiet=True)
-        per_value.append((variant, results(variant.cfg, variant.steps_by_seed), folder))
+        res = results(variant.cfg, variant.steps_by_seed)
+        write_report(variant.cfg, variant.steps_by_seed, out=folder, quiet=True, res=res)
+        per_value.append((variant, res, folder))
     xs = [v.value for v, _, _ in per_value]
     students = list(dict.fromkeys(s for _, r, _ in per_value for s in r.students))
     series = {s: [r.pgr.get(s, {}).get("mean", (None, None)) for _, r, _ in per_value] for s in students}
