@@ -112,6 +112,10 @@ def _ved_from_scratch(
     enc_args = dict(cfg["encoder"], image_size=image_size)
     _check_swin_size(enc_args)
     encoder = AutoConfig.for_model(enc_args.pop("model_type"), **enc_args)
+    if not hasattr(encoder, "hidden_size"):
+        # hierarchical encoders (SegFormer) name their widths per stage; VisionEncoderDecoder reads
+        # `hidden_size` for the cross-attention width: the width of the last stage, the one it sees
+        encoder.hidden_size = encoder.hidden_sizes[-1]
     dec_args = dict(cfg["decoder"])
     decoder = AutoConfig.for_model(
         dec_args.pop("model_type"),
