@@ -77,6 +77,23 @@ def test_headline_and_seed_statistics():
     assert mean_std([0.5])[1] is None and fmt(0.5, 0.02) == "50.0 ± 2.0"
 
 
+def test_capfilt_halves_are_per_seed_differences_between_students():
+    from mmw2s.experiment.summary import capfilt_halves
+
+    seeds = [{"student_web": {"a": 0.2, "b": 0.5}, "student_filtered": {"a": 0.5, "b": 0.5},
+              "student_bootstrapped": {"a": 0.6, "b": 0.4}},
+             {"student_web": {"a": 0.3, "b": 0.5}, "student_filtered": {"a": 0.4, "b": 0.6},
+              "student_bootstrapped": {"a": 0.6, "b": None}}]
+    halves = capfilt_halves(seeds, ["a", "b"])
+    assert halves["filter"]["a"][0] == pytest.approx(0.2)  # (0.3 + 0.1) / 2
+    assert halves["filter"]["a"][1] == pytest.approx(0.1414, abs=1e-3)
+    assert halves["captioner"]["a"][0] == pytest.approx(0.15)  # (0.1 + 0.2) / 2
+    assert halves["captioner"]["b"] == (pytest.approx(-0.1), None)  # one seed defined: no spread
+    assert halves["captioner"]["mean"][0] == pytest.approx(0.1)  # seed means 0.0 and 0.2 (None skipped)
+    no_filtered = [{"student_web": {"a": 0.2}, "student_bootstrapped": {"a": 0.6}}]
+    assert capfilt_halves(no_filtered, ["a"]) == {}
+
+
 EXPERIMENTS = CONFIG_DIR / "experiments"
 
 

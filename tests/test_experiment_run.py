@@ -16,7 +16,7 @@ SMALL = [
     "world.samples_per_shard=500", "captioner_pretrain_steps=0",
     "weak_captioner.steps=40", "weak_captioner.batch_size=32", "weak_captioner.log_every=20",
     "weak_filter.steps=40", "weak_filter.batch_size=32", "weak_filter.log_every=20",
-    "student.steps=150", "student.log_every=50", "student.warmup_steps=15",
+    "student.steps=100", "student.batch_size=96", "student.log_every=50", "student.warmup_steps=15",
     "bootstrap.thresholds.calibration_samples=200", "bootstrap.progress=false",
     "students=[web,bootstrapped,gold]", "eval.benchmarks=[world:retrieval]", "eval.retrieval_images=150",
 ]

@@ -63,6 +63,34 @@ def pgr_over_seeds(per_seed: list[dict], students: list[str], benches: list[str]
     return out
 
 
+# Each half of CapFilt, as the difference between two students trained with the same budget:
+# (name, student with that half, student without it).
+HALVES = (("filter", "student_filtered", "student_web"),
+          ("captioner", "student_bootstrapped", "student_filtered"))
+
+
+def capfilt_halves(per_seed: list[dict], benches: list[str]) -> dict[str, dict[str, tuple]]:
+    """`{half: {benchmark|mean: (mean, std)}}`: accuracy points each half adds, per seed then aggregated.
+
+    `filter` = filter-only student minus raw alt-text student; `captioner` = captioner + filter
+    student minus filter-only student. Empty when the experiment lacks one of the students.
+    """
+    out = {}
+    for half, with_it, without in HALVES:
+        if not all(with_it in s and without in s for s in per_seed):
+            continue
+        rows = [{b: _difference(s[with_it].get(b), s[without].get(b)) for b in benches} for s in per_seed]
+        for row in rows:
+            defined = [v for v in row.values() if v is not None]
+            row["mean"] = sum(defined) / len(defined) if defined else None
+        out[half] = {k: mean_std([r[k] for r in rows])[:2] for k in [*benches, "mean"]}
+    return out
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def student_names(cfg: ExperimentConfig) -> list[str]:
     """Students compared to the ceiling, in report order (later rounds after round 1)."""
     names = [f"student_{s}" for s in STUDENT_ORDER if s in cfg.students]
@@ -104,6 +132,7 @@ class Results:
     students: list[str]
     pgr: dict[str, dict[str, tuple]]
     bias: dict[str, tuple] | None  # model -> (mean, std) of P(target | source)
+    halves: dict[str, dict[str, tuple]]  # what the filter and the captioner each add (points)
 
 
 def results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Results:
@@ -119,7 +148,7 @@ def results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Resu
         rates = [bias_rates(steps, setting["source"], setting["target"]) for steps in steps_by_seed.values()]
         models = dict.fromkeys(m for r in rates for m in r)
         bias = {m: mean_std([r.get(m) for r in rates])[:2] for m in models}
-    return Results(per_seed, agg, benches, students, pgr, bias)
+    return Results(per_seed, agg, benches, students, pgr, bias, capfilt_halves(per_seed, benches))
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +218,18 @@ def pgr_markdown(res: Results) -> str:
                           [[s, *[fmt(*res.pgr[s][k], pct=False) for k in keys]] for s in res.students])
 
 
+def halves_markdown(res: Results) -> str:
+    """Accuracy points the filter and the captioner each add, per benchmark, with the mean."""
+    keys = [*res.benches, "mean"]
+    return markdown_table(["half of CapFilt", *keys],
+                          [[half, *[_signed(*by[k]) for k in keys]] for half, by in res.halves.items()])
+
+
+def _signed(value: float | None, std: float | None) -> str:
+    text = fmt(value, std)
+    return text if value is None or value < 0 else "+" + text
+
+
 def bias_table(res: Results, setting: dict) -> str:
     """How often each model calls the bias source colour by the target colour."""
     assert res.bias is not None
@@ -237,10 +278,13 @@ def write_report(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
     (out / "report.md").write_text(text)
     write_json_atomic(out / "report.json", {"seeds": list(steps_by_seed), "scores": res.per_seed,
                                             "aggregate": res.agg, "pgr": res.pgr,
-                                            "benchmarks": res.benches, "bias": res.bias})
+                                            "benchmarks": res.benches, "bias": res.bias,
+                                            "capfilt_halves": res.halves})
     if not quiet:
         print("\n" + scores_table(res) + "\n\nPGR (performance gap recovered; 0 = best weak teacher, "
               "1 = gold ceiling)\n" + pgr_markdown(res))
+        if res.halves:
+            print("\nWhat each half of CapFilt adds (accuracy points)\n" + halves_markdown(res))
     return out / "report.md"
 
 
@@ -280,6 +324,12 @@ def _report_text(cfg: ExperimentConfig, res: Results, steps_by_seed: dict, out: 
         "points (no gap to recover, or one within evaluation noise).", "", pgr_markdown(res), "",
         "![PGR](pgr.png)", "",
     ]
+    if res.halves:
+        sections += ["## What each half of CapFilt adds", "",
+                     "Accuracy points between students trained with the same budget: `filter` = "
+                     "filter-only student − raw alt-text student; `captioner` = captioner + filter "
+                     "student − filter-only student (the synthetic captions' share).", "",
+                     halves_markdown(res), ""]
     if cfg.rounds > 1:
         sections += ["## Iterative rounds", "",
                      "Round r+1 bootstraps the web split again with round r's bootstrapped student as "
