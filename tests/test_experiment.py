@@ -94,6 +94,25 @@ def test_capfilt_halves_are_per_seed_differences_between_students():
     assert capfilt_halves(no_filtered, ["a"]) == {}
 
 
+def test_a_resumed_run_reports_the_seconds_of_the_invocation_that_finished_each_stage(tmp_path, monkeypatch):
+    import time
+
+    from mmw2s.experiment import run as run_module
+    from mmw2s.experiment.plan import Step
+
+    def fake_train(step):  # does its work once, then finds it complete (as the real stages do)
+        if not (step.out / "final").exists():
+            time.sleep(0.3)
+            (step.out / "final").mkdir(parents=True)
+
+    monkeypatch.setitem(run_module.RUNNERS, "train", fake_train)
+    steps = [Step("student", "train", None, tmp_path / "student-1234")]
+    first = run_module.run_seed(0, steps)
+    assert first["student"]["wall_s"] >= 0.3
+    again = run_module.run_seed(0, steps)
+    assert again == first  # not the ~0 s it took to find the stage complete
+
+
 EXPERIMENTS = CONFIG_DIR / "experiments"
 
 

@@ -39,16 +39,24 @@ def run(cfg: ExperimentConfig) -> Path:
 
 
 def run_seed(seed: int, steps: list[Step]) -> dict[str, dict[str, float]]:
-    """Run one seed's steps in order; returns wall and CPU seconds per step (a stage found
-    complete takes about a second: it only checks its outputs)."""
+    """Run one seed's steps in order; returns wall and CPU seconds per step.
+
+    The seconds of a stage are those of the invocation that completed it: each stage's are kept
+    next to its output, so a resumed run reports what the finished stages cost, not the second
+    it took to find them complete.
+    """
     seconds: dict[str, dict[str, float]] = {}
     for i, step in enumerate(steps, 1):
         print(f"\n=== seed {seed} · {i}/{len(steps)} · {step.name} -> {step.out}", flush=True)
+        record = step.out / f"timing.{step.stage}.json"
+        done_before = json.loads(record.read_text()) if record.exists() else None
         start, cpu = time.perf_counter(), _cpu_seconds()
-        RUNNERS[step.stage](step)
+        RUNNERS[step.stage](step)  # a complete stage only checks its outputs
+        spent = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(_cpu_seconds() - cpu, 1)}
+        if done_before is None:
+            write_json_atomic(record, spent)
         key = step.name if step.name not in seconds else f"{step.name} ({step.out.name})"  # sweeps
-        seconds[key] = {"wall_s": round(time.perf_counter() - start, 1),
-                        "cpu_s": round(_cpu_seconds() - cpu, 1)}
+        seconds[key] = done_before or spent
     return seconds
 
 
