@@ -15,15 +15,19 @@ The placeholder is expanded to ``N`` copies of ``IMAGE_TOKEN_ID`` (an id no voca
 tokenization, so splicing never changes sequence lengths. Labels are the answers and their
 ``[eos]``; everything else (system, questions, image tokens, padding) is ``IGNORE_INDEX``.
 
-A saved folder: ``llava_config.json``, ``vision_tower.safetensors``, ``projector.safetensors`` and
-``lm/`` (the LM and its tokenizer, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer``).
+A saved folder: ``llava_config.json``, ``vision_tower.safetensors``, ``projector.safetensors``,
+``lm/`` (the LM and its tokenizer, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer``) and,
+for an open_clip tower, ``vision/open_clip_config.json`` (its architecture): the folder is
+self-contained, so a tower built from a ``local-dir:`` CLIP reloads without that CLIP folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import asdict
+import logging
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -37,6 +41,7 @@ IMAGE_TOKEN_ID = -200  # LLaVA's sentinel: never a real token id
 IGNORE_INDEX = -100
 CONFIG_FILE, VISION_FILE, PROJECTOR_FILE, LM_DIR = ("llava_config.json", "vision_tower.safetensors",
                                                     "projector.safetensors", "lm")
+VISION_ARCH_DIR = "vision"  # an open_clip tower's architecture: VISION_ARCH_DIR/open_clip_config.json
 LM_CONFIG_DIR = Path(__file__).resolve().parent / "llava_configs"
 ROLES = ("USER", "ASSISTANT")
 
@@ -53,10 +58,12 @@ def registered_lms() -> list[str]:
 class VisionTower(nn.Module):
     """Image -> a sequence of feature vectors ``(B, N, C)`` from one block of a backbone."""
 
-    def __init__(self, backbone: nn.Module, layer: int | None) -> None:
+    def __init__(self, backbone: nn.Module, layer: int | None, open_clip_cfg: dict | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.layer = layer
+        # open_clip towers: the architecture (``model_cfg``, ``preprocess_cfg``), saved with the weights
+        self.open_clip_cfg = open_clip_cfg
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> ``(B, N, C)``."""
@@ -84,6 +91,7 @@ def build_vision_tower(spec: LlavaSpec, load_weights: bool = True) -> tuple[Visi
         backbone = timm.create_model(spec.vision_tower, pretrained=bool(pretrained), **kwargs)
         data = timm.data.resolve_data_config({}, model=backbone)
         size, mean, std = data["input_size"][-1], data["mean"], data["std"]
+        arch = None  # a timm name (or hub weights) is its own architecture
     else:
         # The dual-encoder builder knows our architectures, JSON configs and "local-dir:" folders
         # (e.g. a trained CLIP student); only its visual tower is kept.
@@ -97,8 +105,9 @@ def build_vision_tower(spec: LlavaSpec, load_weights: bool = True) -> tuple[Visi
         cfg = visual.preprocess_cfg
         size = cfg["size"][-1] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
         mean, std = cfg["mean"], cfg["std"]
+        arch = {"model_cfg": dual.model_cfg, "preprocess_cfg": dict(cfg)}
     size = spec.image_size or size
-    return VisionTower(backbone, spec.vision_layer), {"size": int(size), "mean": list(mean), "std": list(std)}
+    return VisionTower(backbone, spec.vision_layer, arch), {"size": int(size), "mean": list(mean), "std": list(std)}
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -172,6 +181,10 @@ class LlavaStudent(nn.Module):
         self.lm.save_pretrained(path / LM_DIR)
         self.tokenizer.save_pretrained(path / LM_DIR)
         save_model(self.vision, str(path / VISION_FILE))
+        if self.vision.open_clip_cfg is not None:
+            (path / VISION_ARCH_DIR).mkdir(exist_ok=True)
+            (path / VISION_ARCH_DIR / "open_clip_config.json").write_text(
+                json.dumps(self.vision.open_clip_cfg, indent=2))
         save_model(self.projector, str(path / PROJECTOR_FILE))
         config = {"format": "mmw2s-llava", "version": 1, "spec": asdict(self.spec), "image": self.image_cfg,
                   "num_image_tokens": self.num_image_tokens}
@@ -187,7 +200,12 @@ class LlavaStudent(nn.Module):
         path = Path(path)
         config = json.loads((path / CONFIG_FILE).read_text())
         spec = LlavaSpec(**config["spec"])
-        vision, _ = build_vision_tower(spec, load_weights=False)  # the saved weights replace the init
+        # The saved weights replace the init; an open_clip tower is built from the saved
+        # architecture, not from the (maybe moved or deleted) folder or name the spec gives.
+        arch = path / VISION_ARCH_DIR
+        build = replace(spec, vision_tower=f"local-dir:{arch}") if (arch / "open_clip_config.json").is_file() else spec
+        with _quiet_root_warnings():  # open_clip warns of a random init that the next line replaces
+            vision, _ = build_vision_tower(build, load_weights=False)
         load_model(vision, str(path / VISION_FILE))
         lm = AutoModelForCausalLM.from_pretrained(path / LM_DIR)
         tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR)
@@ -333,6 +351,18 @@ def images_to_tensor(images: list[Image.Image], image_cfg: dict) -> torch.Tensor
         x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3)  # (S, S, 3)
         out.append((x.permute(2, 0, 1).float() / 255.0 - mean) / std)  # (3, S, S)
     return torch.stack(out)
+
+
+@contextlib.contextmanager
+def _quiet_root_warnings() -> Iterator[None]:
+    """Drop WARNING records of the root logger (open_clip's) for the duration of the block."""
+    root = logging.getLogger()
+    drop = lambda record: record.levelno != logging.WARNING  # noqa: E731
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _probe(vision: VisionTower, size: int) -> tuple[int, int]:

@@ -109,3 +109,26 @@ def test_truncation_that_cuts_the_image_is_refused(student):
                                    system_prompt="Answer about the image."), student.image_cfg,
                          student.num_image_tokens)
     assert small.encode_conversation(conversations()[0]) is None
+
+
+def test_a_tower_from_a_clip_folder_reloads_without_that_folder(images, tmp_path):
+    import shutil
+
+    from models.dual_encoders import build_dual_encoder
+    from models.specs import DualEncoderSpec
+
+    build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny", image_size=32, seed=3)).save(tmp_path / "clip")
+    spec = LlavaSpec(vision_source="open_clip", vision_tower=f"local-dir:{tmp_path / 'clip'}", vision_layer=None,
+                     lm="llama-tiny", max_length=64, system_prompt="Answer about the image.")
+    student = LlavaStudent.build(spec, texts()).eval()
+    student.save_pretrained(tmp_path / "llava")
+    shutil.rmtree(tmp_path / "clip")  # e.g. the run folder of the CLIP was cleaned up, or moved
+    reloaded = LlavaStudent.from_pretrained(tmp_path / "llava")
+    pixels = student.preprocess(images)
+    assert reloaded.image_cfg == student.image_cfg
+    assert torch.allclose(reloaded.encode_images(pixels), student.encode_images(pixels))
+    assert reloaded.generate(pixels, [QUESTION] * 4, max_new_tokens=3) == student.generate(
+        pixels, [QUESTION] * 4, max_new_tokens=3)
+    reloaded.save_pretrained(tmp_path / "again")  # and a reloaded student saves a folder that reloads
+    again = LlavaStudent.from_pretrained(tmp_path / "again")
+    assert torch.allclose(again.encode_images(pixels), student.encode_images(pixels))

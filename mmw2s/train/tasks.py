@@ -32,7 +32,7 @@ from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from models.captioner_build import build_captioner, list_captioners
 from models.captioners import Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
-from models.llava import LlavaStudent, images_to_tensor, registered_lms
+from models.llava import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, LlavaStudent, images_to_tensor, registered_lms
 from models.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,11 @@ class LlavaTask:
             turns = batch["texts"]
         encoded = [self.student.encode_conversation(t) for t in turns]
         keep = [i for i, e in enumerate(encoded) if e is not None]
+        if any(IMAGE_TOKEN_ID not in encoded[i]["input_ids"] for i in keep):
+            # Every sample here has an image: a conversation without its placeholder would train
+            # the LM to answer blind (the student would never learn to look).
+            raise ValueError(f"a conversation of the batch has no {IMAGE_PLACEHOLDER} placeholder, so its "
+                             "image would be ignored; LLaVA records carry one in the first human turn")
         if not keep:
             raise ValueError(f"no sample of the batch fits llava.max_length={self.student.spec.max_length} "
                              "with an answer token left; raise llava.max_length")
