@@ -19,6 +19,7 @@ A saved folder: ``llava_config.json``, ``vision_tower.safetensors``, ``projector
 ``lm/`` (the LM and its tokenizer, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer``) and,
 for an open_clip tower, ``vision/open_clip_config.json`` (its architecture): the folder is
 self-contained, so a tower built from a ``local-dir:`` CLIP reloads without that CLIP folder.
+With ``image_positions``, ``image_positions.safetensors`` holds the image tokens' learned positions.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ IMAGE_TOKEN_ID = -200  # LLaVA's sentinel: never a real token id
 IGNORE_INDEX = -100
 CONFIG_FILE, VISION_FILE, PROJECTOR_FILE, LM_DIR = ("llava_config.json", "vision_tower.safetensors",
                                                     "projector.safetensors", "lm")
+POSITIONS_FILE = "image_positions.safetensors"
 VISION_ARCH_DIR = "vision"  # an open_clip tower's architecture: VISION_ARCH_DIR/open_clip_config.json
 LM_CONFIG_DIR = Path(__file__).resolve().parent / "llava_configs"
 ROLES = ("USER", "ASSISTANT")
@@ -119,6 +121,24 @@ def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     raise ValueError(f"unknown projector {kind!r}; expected mlp2x_gelu or linear")
 
 
+class ImagePositions(nn.Module):
+    """A learned embedding per image token, added to the projected features.
+
+    The LM's rotary positions tell an answer only how far back an image token is, and that offset
+    changes with the length of the question; a conv tower's features carry no absolute position
+    either. With these, "where is the circle" can be read off which image token holds it.
+    """
+
+    def __init__(self, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        # On the scale of freshly projected features (per-dimension std ~0.3-0.5), so the tokens
+        # are told apart from the first step.
+        self.weight = nn.Parameter(torch.randn(num_tokens, dim) * 0.5)  # (N, D)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.weight.to(tokens.dtype)  # (B, N, D)
+
+
 # --------------------------------------------------------------------------------------------
 # Language model
 
@@ -157,6 +177,8 @@ class LlavaStudent(nn.Module):
                  spec: LlavaSpec, image_cfg: dict, num_image_tokens: int) -> None:
         super().__init__()
         self.vision, self.projector, self.lm = vision, projector, lm
+        dim = lm.get_input_embeddings().embedding_dim
+        self.image_positions = ImagePositions(num_image_tokens, dim) if spec.image_positions else None
         self.tokenizer, self.spec, self.image_cfg = tokenizer, spec, image_cfg
         self.num_image_tokens = num_image_tokens
         self.vision_trainable = False
@@ -170,7 +192,7 @@ class LlavaStudent(nn.Module):
         feat_dim, n_tokens = _probe(vision, image_cfg["size"])
         torch.manual_seed(spec.seed)
         projector = build_projector(spec.projector, feat_dim, lm.get_input_embeddings().embedding_dim)
-        return cls(vision, projector, lm, tokenizer, spec, image_cfg, n_tokens)
+        return cls(vision, projector, lm, tokenizer, spec, image_cfg, n_tokens)  # (positions seeded too)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the folder that `from_pretrained` reads."""
@@ -186,6 +208,8 @@ class LlavaStudent(nn.Module):
             (path / VISION_ARCH_DIR / "open_clip_config.json").write_text(
                 json.dumps(self.vision.open_clip_cfg, indent=2))
         save_model(self.projector, str(path / PROJECTOR_FILE))
+        if self.image_positions is not None:
+            save_model(self.image_positions, str(path / POSITIONS_FILE))
         config = {"format": "mmw2s-llava", "version": 1, "spec": asdict(self.spec), "image": self.image_cfg,
                   "num_image_tokens": self.num_image_tokens}
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -212,21 +236,28 @@ class LlavaStudent(nn.Module):
         feat_dim = vision(torch.zeros(1, 3, config["image"]["size"], config["image"]["size"])).shape[-1]
         projector = build_projector(spec.projector, feat_dim, lm.get_input_embeddings().embedding_dim)
         load_model(projector, str(path / PROJECTOR_FILE))
-        return cls(vision, projector, lm, tokenizer, spec, config["image"], config["num_image_tokens"]).eval()
+        student = cls(vision, projector, lm, tokenizer, spec, config["image"], config["num_image_tokens"])
+        if student.image_positions is not None:
+            load_model(student.image_positions, str(path / POSITIONS_FILE))
+        return student.eval()
 
     # ---- training stages ----------------------------------------------------------------------
-    def freeze(self, stage: int, train_vision: bool = False) -> list[str]:
-        """Set what trains: stage 1 the projector only (LM frozen); stage 2 projector and LM.
+    def freeze(self, stage: int, train_vision: bool = False, train_lm: bool = False) -> list[str]:
+        """Set what trains: stage 1 the projector only (LM frozen unless ``train_lm``); stage 2
+        projector and LM.
 
         The vision tower stays frozen unless ``train_vision``. Returns the trainable parts.
         """
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 (projector pre-training) or 2 (instruction tuning), got {stage}")
+        lm = stage == 2 or train_lm
         self.vision_trainable = train_vision
         self.vision.requires_grad_(train_vision)
         self.projector.requires_grad_(True)
-        self.lm.requires_grad_(stage == 2)
-        return [n for n, on in (("vision", train_vision), ("projector", True), ("lm", stage == 2)) if on]
+        if self.image_positions is not None:
+            self.image_positions.requires_grad_(True)
+        self.lm.requires_grad_(lm)
+        return [n for n, on in (("vision", train_vision), ("projector", True), ("lm", lm)) if on]
 
     def train(self, mode: bool = True) -> "LlavaStudent":
         """Train mode everywhere except a frozen vision tower, whose norm statistics must not move."""
@@ -296,7 +327,8 @@ class LlavaStudent(nn.Module):
         """``(B, 3, H, W)`` -> image tokens in the LM's embedding space ``(B, N, D)``."""
         with torch.set_grad_enabled(self.vision_trainable and torch.is_grad_enabled()):
             feats = self.vision(pixel_values)  # (B, N, C)
-        return self.projector(feats)  # (B, N, D)
+        tokens = self.projector(feats)  # (B, N, D)
+        return tokens if self.image_positions is None else self.image_positions(tokens)
 
     def embed(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings ``(B, T, D)`` with the image tokens spliced in at the placeholders."""

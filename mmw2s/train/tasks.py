@@ -143,9 +143,10 @@ class LlavaTask:
 
     Stage 1 trains the projector on image-caption pairs (each a one-turn conversation); stage 2
     the projector and the LM on `mmw2s synthesize` records. The vision tower trains only with
-    `train_vision`. A from-scratch LM gets its word vocabulary in stage 1 from every text the
-    student will see (captions and, when `data` is a synthesize folder, its records); stage 2
-    starts from the stage-1 folder (`init_from`) and keeps that tokenizer.
+    `train_vision`, the LM in stage 1 only with `train_lm`. A from-scratch LM gets its word
+    vocabulary in stage 1 from every text the student will see (captions and, when `data` is a
+    synthesize folder, its records); stage 2 starts from the stage-1 folder (`init_from`) and keeps
+    that tokenizer.
     """
 
     def __init__(self, cfg: TrainConfig, selector: TextSelector, resume_model: Optional[Path]) -> None:
@@ -154,7 +155,7 @@ class LlavaTask:
         self.stage = cfg.llava_stage
         self.selector = stage2_selector(cfg, records) if self.stage == 2 else selector
         self.student = self._build(cfg, selector, records, resume_model)
-        trainable = self.student.freeze(self.stage, cfg.train_vision)
+        trainable = self.student.freeze(self.stage, cfg.train_vision, cfg.train_lm)
         log.info("llava stage %d: training %s; %d image tokens, vocabulary %d", self.stage,
                  " + ".join(trainable), self.student.num_image_tokens, len(self.student.tokenizer))
         self.module = self.student
