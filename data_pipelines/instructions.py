@@ -129,11 +129,17 @@ def image_member(image: str) -> tuple[str, str]:
     return shard, member
 
 
-def dialogue(record: dict) -> list[tuple[str, str]]:
-    """The ``(question, answer)`` pairs of a record, ``<image>`` removed from the questions."""
+def dialogue(record: dict, keep_image: bool = False) -> list[tuple[str, str]]:
+    """The ``(question, answer)`` pairs of a record.
+
+    ``keep_image``: the questions as written, ``<image>`` included (what a model trains on: the
+    placeholder is where the image goes); otherwise ``<image>`` is removed (the text alone).
+    """
     turns = record["conversations"]
-    return [(turns[i]["value"].replace(IMAGE_PLACEHOLDER, "").strip(), turns[i + 1]["value"])
-            for i in range(0, len(turns) - 1, 2)]
+
+    def text(value: str) -> str:
+        return value.strip() if keep_image else value.replace(IMAGE_PLACEHOLDER, "").strip()
+    return [(text(turns[i]["value"]), turns[i + 1]["value"]) for i in range(0, len(turns) - 1, 2)]
 
 
 # LLaVA's stage-1 (feature alignment) data: each image-caption pair becomes a one-turn

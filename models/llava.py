@@ -15,15 +15,20 @@ The placeholder is expanded to ``N`` copies of ``IMAGE_TOKEN_ID`` (an id no voca
 tokenization, so splicing never changes sequence lengths. Labels are the answers and their
 ``[eos]``; everything else (system, questions, image tokens, padding) is ``IGNORE_INDEX``.
 
-A saved folder: ``llava_config.json``, ``vision_tower.safetensors``, ``projector.safetensors`` and
-``lm/`` (the LM and its tokenizer, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer``).
+A saved folder: ``llava_config.json``, ``vision_tower.safetensors``, ``projector.safetensors``,
+``lm/`` (the LM and its tokenizer, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer``) and,
+for an open_clip tower, ``vision/open_clip_config.json`` (its architecture): the folder is
+self-contained, so a tower built from a ``local-dir:`` CLIP reloads without that CLIP folder.
+With ``image_positions``, ``image_positions.safetensors`` holds the image tokens' learned positions.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import asdict
+import logging
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -37,6 +42,8 @@ IMAGE_TOKEN_ID = -200  # LLaVA's sentinel: never a real token id
 IGNORE_INDEX = -100
 CONFIG_FILE, VISION_FILE, PROJECTOR_FILE, LM_DIR = ("llava_config.json", "vision_tower.safetensors",
                                                     "projector.safetensors", "lm")
+POSITIONS_FILE = "image_positions.safetensors"
+VISION_ARCH_DIR = "vision"  # an open_clip tower's architecture: VISION_ARCH_DIR/open_clip_config.json
 LM_CONFIG_DIR = Path(__file__).resolve().parent / "llava_configs"
 ROLES = ("USER", "ASSISTANT")
 
@@ -53,10 +60,12 @@ def registered_lms() -> list[str]:
 class VisionTower(nn.Module):
     """Image -> a sequence of feature vectors ``(B, N, C)`` from one block of a backbone."""
 
-    def __init__(self, backbone: nn.Module, layer: int | None) -> None:
+    def __init__(self, backbone: nn.Module, layer: int | None, open_clip_cfg: dict | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.layer = layer
+        # open_clip towers: the architecture (``model_cfg``, ``preprocess_cfg``), saved with the weights
+        self.open_clip_cfg = open_clip_cfg
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> ``(B, N, C)``."""
@@ -84,6 +93,7 @@ def build_vision_tower(spec: LlavaSpec, load_weights: bool = True) -> tuple[Visi
         backbone = timm.create_model(spec.vision_tower, pretrained=bool(pretrained), **kwargs)
         data = timm.data.resolve_data_config({}, model=backbone)
         size, mean, std = data["input_size"][-1], data["mean"], data["std"]
+        arch = None  # a timm name (or hub weights) is its own architecture
     else:
         # The dual-encoder builder knows our architectures, JSON configs and "local-dir:" folders
         # (e.g. a trained CLIP student); only its visual tower is kept.
@@ -97,8 +107,9 @@ def build_vision_tower(spec: LlavaSpec, load_weights: bool = True) -> tuple[Visi
         cfg = visual.preprocess_cfg
         size = cfg["size"][-1] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
         mean, std = cfg["mean"], cfg["std"]
+        arch = {"model_cfg": dual.model_cfg, "preprocess_cfg": dict(cfg)}
     size = spec.image_size or size
-    return VisionTower(backbone, spec.vision_layer), {"size": int(size), "mean": list(mean), "std": list(std)}
+    return VisionTower(backbone, spec.vision_layer, arch), {"size": int(size), "mean": list(mean), "std": list(std)}
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -108,6 +119,24 @@ def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     if kind == "mlp2x_gelu":
         return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
     raise ValueError(f"unknown projector {kind!r}; expected mlp2x_gelu or linear")
+
+
+class ImagePositions(nn.Module):
+    """A learned embedding per image token, added to the projected features.
+
+    The LM's rotary positions tell an answer only how far back an image token is, and that offset
+    changes with the length of the question; a conv tower's features carry no absolute position
+    either. With these, "where is the circle" can be read off which image token holds it.
+    """
+
+    def __init__(self, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        # On the scale of freshly projected features (per-dimension std ~0.3-0.5), so the tokens
+        # are told apart from the first step.
+        self.weight = nn.Parameter(torch.randn(num_tokens, dim) * 0.5)  # (N, D)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.weight.to(tokens.dtype)  # (B, N, D)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +177,8 @@ class LlavaStudent(nn.Module):
                  spec: LlavaSpec, image_cfg: dict, num_image_tokens: int) -> None:
         super().__init__()
         self.vision, self.projector, self.lm = vision, projector, lm
+        dim = lm.get_input_embeddings().embedding_dim
+        self.image_positions = ImagePositions(num_image_tokens, dim) if spec.image_positions else None
         self.tokenizer, self.spec, self.image_cfg = tokenizer, spec, image_cfg
         self.num_image_tokens = num_image_tokens
         self.vision_trainable = False
@@ -161,7 +192,7 @@ class LlavaStudent(nn.Module):
         feat_dim, n_tokens = _probe(vision, image_cfg["size"])
         torch.manual_seed(spec.seed)
         projector = build_projector(spec.projector, feat_dim, lm.get_input_embeddings().embedding_dim)
-        return cls(vision, projector, lm, tokenizer, spec, image_cfg, n_tokens)
+        return cls(vision, projector, lm, tokenizer, spec, image_cfg, n_tokens)  # (positions seeded too)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the folder that `from_pretrained` reads."""
@@ -172,7 +203,13 @@ class LlavaStudent(nn.Module):
         self.lm.save_pretrained(path / LM_DIR)
         self.tokenizer.save_pretrained(path / LM_DIR)
         save_model(self.vision, str(path / VISION_FILE))
+        if self.vision.open_clip_cfg is not None:
+            (path / VISION_ARCH_DIR).mkdir(exist_ok=True)
+            (path / VISION_ARCH_DIR / "open_clip_config.json").write_text(
+                json.dumps(self.vision.open_clip_cfg, indent=2))
         save_model(self.projector, str(path / PROJECTOR_FILE))
+        if self.image_positions is not None:
+            save_model(self.image_positions, str(path / POSITIONS_FILE))
         config = {"format": "mmw2s-llava", "version": 1, "spec": asdict(self.spec), "image": self.image_cfg,
                   "num_image_tokens": self.num_image_tokens}
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -187,28 +224,40 @@ class LlavaStudent(nn.Module):
         path = Path(path)
         config = json.loads((path / CONFIG_FILE).read_text())
         spec = LlavaSpec(**config["spec"])
-        vision, _ = build_vision_tower(spec, load_weights=False)  # the saved weights replace the init
+        # The saved weights replace the init; an open_clip tower is built from the saved
+        # architecture, not from the (maybe moved or deleted) folder or name the spec gives.
+        arch = path / VISION_ARCH_DIR
+        build = replace(spec, vision_tower=f"local-dir:{arch}") if (arch / "open_clip_config.json").is_file() else spec
+        with _quiet_root_warnings():  # open_clip warns of a random init that the next line replaces
+            vision, _ = build_vision_tower(build, load_weights=False)
         load_model(vision, str(path / VISION_FILE))
         lm = AutoModelForCausalLM.from_pretrained(path / LM_DIR)
         tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR)
         feat_dim = vision(torch.zeros(1, 3, config["image"]["size"], config["image"]["size"])).shape[-1]
         projector = build_projector(spec.projector, feat_dim, lm.get_input_embeddings().embedding_dim)
         load_model(projector, str(path / PROJECTOR_FILE))
-        return cls(vision, projector, lm, tokenizer, spec, config["image"], config["num_image_tokens"]).eval()
+        student = cls(vision, projector, lm, tokenizer, spec, config["image"], config["num_image_tokens"])
+        if student.image_positions is not None:
+            load_model(student.image_positions, str(path / POSITIONS_FILE))
+        return student.eval()
 
     # ---- training stages ----------------------------------------------------------------------
-    def freeze(self, stage: int, train_vision: bool = False) -> list[str]:
-        """Set what trains: stage 1 the projector only (LM frozen); stage 2 projector and LM.
+    def freeze(self, stage: int, train_vision: bool = False, train_lm: bool = False) -> list[str]:
+        """Set what trains: stage 1 the projector only (LM frozen unless ``train_lm``); stage 2
+        projector and LM.
 
         The vision tower stays frozen unless ``train_vision``. Returns the trainable parts.
         """
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 (projector pre-training) or 2 (instruction tuning), got {stage}")
+        lm = stage == 2 or train_lm
         self.vision_trainable = train_vision
         self.vision.requires_grad_(train_vision)
         self.projector.requires_grad_(True)
-        self.lm.requires_grad_(stage == 2)
-        return [n for n, on in (("vision", train_vision), ("projector", True), ("lm", stage == 2)) if on]
+        if self.image_positions is not None:
+            self.image_positions.requires_grad_(True)
+        self.lm.requires_grad_(lm)
+        return [n for n, on in (("vision", train_vision), ("projector", True), ("lm", lm)) if on]
 
     def train(self, mode: bool = True) -> "LlavaStudent":
         """Train mode everywhere except a frozen vision tower, whose norm statistics must not move."""
@@ -278,7 +327,8 @@ class LlavaStudent(nn.Module):
         """``(B, 3, H, W)`` -> image tokens in the LM's embedding space ``(B, N, D)``."""
         with torch.set_grad_enabled(self.vision_trainable and torch.is_grad_enabled()):
             feats = self.vision(pixel_values)  # (B, N, C)
-        return self.projector(feats)  # (B, N, D)
+        tokens = self.projector(feats)  # (B, N, D)
+        return tokens if self.image_positions is None else self.image_positions(tokens)
 
     def embed(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings ``(B, T, D)`` with the image tokens spliced in at the placeholders."""
@@ -333,6 +383,18 @@ def images_to_tensor(images: list[Image.Image], image_cfg: dict) -> torch.Tensor
         x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3)  # (S, S, 3)
         out.append((x.permute(2, 0, 1).float() / 255.0 - mean) / std)  # (3, S, S)
     return torch.stack(out)
+
+
+@contextlib.contextmanager
+def _quiet_root_warnings() -> Iterator[None]:
+    """Drop WARNING records of the root logger (open_clip's) for the duration of the block."""
+    root = logging.getLogger()
+    drop = lambda record: record.levelno != logging.WARNING  # noqa: E731
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _probe(vision: VisionTower, size: int) -> tuple[int, int]:

@@ -36,6 +36,9 @@ class LlavaSpec:
         "help": "input resolution; null: the tower's own"})
     projector: Literal["mlp2x_gelu", "linear"] = field(default="mlp2x_gelu", metadata={
         "help": "vision-to-LM projector: LLaVA-1.5's Linear-GELU-Linear, or LLaVA-1's Linear"})
+    image_positions: bool = field(default=False, metadata={
+        "help": "add a learned embedding per image token to the projected features (LLaVA has none: "
+                "a CLIP ViT's features carry their position; a conv tower's do not)"})
     lm: str = field(default="llama-tiny", metadata={
         "help": "causal LM: a registered from-scratch config (llama-tiny, llama-small; word-level "
                 "tokenizer built from the training texts), a hub id or a local folder"})

@@ -66,6 +66,8 @@ def test_stage_1_trains_the_projector_only_and_stage_2_also_the_lm(student, imag
     student(pixels, **batch).loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.lm.parameters())
     assert all(p.grad is None for p in student.vision.parameters())
+    assert student.freeze(1, train_lm=True) == ["projector", "lm"]  # a from-scratch LM may learn captions
+    assert all(p.requires_grad for p in student.lm.parameters())
 
 
 @pytest.mark.slow
@@ -109,3 +111,30 @@ def test_truncation_that_cuts_the_image_is_refused(student):
                                    system_prompt="Answer about the image."), student.image_cfg,
                          student.num_image_tokens)
     assert small.encode_conversation(conversations()[0]) is None
+
+
+def test_a_tower_from_a_clip_folder_reloads_without_that_folder(images, tmp_path):
+    import shutil
+
+    from models.dual_encoders import build_dual_encoder
+    from models.specs import DualEncoderSpec
+
+    build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny", image_size=32, seed=3)).save(tmp_path / "clip")
+    spec = LlavaSpec(vision_source="open_clip", vision_tower=f"local-dir:{tmp_path / 'clip'}", vision_layer=-2,
+                     lm="llama-tiny", max_length=64, system_prompt="Answer about the image.", image_positions=True)
+    student = LlavaStudent.build(spec, texts()).eval()
+    # each image token carries its own learned position on top of the projected features
+    pixels = student.preprocess(images)
+    with torch.no_grad():
+        added = student.encode_images(pixels) - student.projector(student.vision(pixels))  # (B, N, D)
+    assert torch.allclose(added[0], added[1], atol=1e-5) and not torch.allclose(added[0, 0], added[0, 1])
+    student.save_pretrained(tmp_path / "llava")
+    shutil.rmtree(tmp_path / "clip")  # e.g. the run folder of the CLIP was cleaned up, or moved
+    reloaded = LlavaStudent.from_pretrained(tmp_path / "llava")
+    assert reloaded.image_cfg == student.image_cfg
+    assert torch.allclose(reloaded.encode_images(pixels), student.encode_images(pixels))
+    assert reloaded.generate(pixels, [QUESTION] * 4, max_new_tokens=3) == student.generate(
+        pixels, [QUESTION] * 4, max_new_tokens=3)
+    reloaded.save_pretrained(tmp_path / "again")  # and a reloaded student saves a folder that reloads
+    again = LlavaStudent.from_pretrained(tmp_path / "again")
+    assert torch.allclose(again.encode_images(pixels), student.encode_images(pixels))

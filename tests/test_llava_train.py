@@ -87,6 +87,8 @@ def test_llava_stages_train_resume_and_reload_with_identical_answers(synthesized
     assert stage2.tokenizer.get_vocab() == stage1.tokenizer.get_vocab()  # reused, not rebuilt
     lm1, lm2 = weights(stage1.lm), weights(stage2.lm)
     assert any(not torch.equal(lm1[k], lm2[k]) for k in lm1)  # stage 2 tunes the LM
+    p1, p2 = weights(stage1.projector), weights(stage2.projector)
+    assert all(not torch.equal(p1[k], p2[k]) for k in p1)  # ... and the projector: the image is seen
     v1, v2 = weights(stage1.vision), weights(stage2.vision)
     assert all(torch.equal(v1[k], v2[k]) for k in v1)  # the vision tower stays frozen
     expected = answers(two, synthesized)
@@ -100,6 +102,24 @@ def test_llava_stages_train_resume_and_reload_with_identical_answers(synthesized
     assert answers(resumed, synthesized) == expected
     again = weights(LlavaStudent.from_pretrained(resumed))
     assert all(torch.allclose(again[k], w, atol=1e-6) for k, w in weights(stage2).items())
+
+
+def test_stage_2_conversations_put_the_image_where_the_record_has_it(synthesized):
+    import random
+
+    from mmw2s.train.config import TextConfig
+    from mmw2s.train.conversations import ConversationSelector
+    from models.llava import IMAGE_TOKEN_ID, LlavaStudent
+    from models.llava_spec import LlavaSpec
+
+    selector = ConversationSelector(TextConfig(), synthesized / "instructions", ["conversation"])
+    sample = next(iter_samples(str(synthesized / "images")))
+    turns, _ = selector(sample, random.Random(0))
+    assert turns[0][0].startswith("<image>") and not any("<image>" in q for q, _ in turns[1:])
+    student = LlavaStudent.build(LlavaSpec(vision_tower="mmw2s_convnet_tiny", image_size=32, max_length=200,
+                                           system_prompt="Answer."), [t for turn in turns for t in turn])
+    ids = student.encode_conversation(turns)["input_ids"]
+    assert ids.count(IMAGE_TOKEN_ID) == student.num_image_tokens  # the LM sees the image
 
 
 def test_stage_2_without_records_fails_clearly(tmp_path):

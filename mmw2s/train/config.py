@@ -117,10 +117,14 @@ class TrainConfig:
     dual_encoder: DualEncoderSpec = field(default_factory=DualEncoderSpec, metadata={
         "help": "task=clip: the dual encoder to build (open_clip architecture + pretrained)"})
     llava_stage: Literal[1, 2] = field(default=1, metadata={
-        "help": "task=llava: 1 = projector pre-training on image-caption pairs (LM and vision "
-                "frozen); 2 = projector + LM instruction-tuned on `mmw2s synthesize` records"})
+        "help": "task=llava: 1 = projector pre-training on image-caption pairs (vision frozen, LM "
+                "frozen unless train_lm); 2 = projector + LM instruction-tuned on `mmw2s synthesize` records"})
     train_vision: bool = field(default=False, metadata={
         "help": "task=llava: also train the vision tower (LLaVA keeps it frozen)"})
+    train_lm: bool = field(default=False, metadata={
+        "help": "task=llava stage 1: also train the LM on the captions. LLaVA freezes its pretrained "
+                "LM here; a from-scratch LM has no language to keep, and captioning is where it "
+                "learns to read the image tokens (stage 2 always trains the LM)"})
     init_from: Optional[str] = field(default=None, metadata={
         "help": "task=llava: a saved student folder to start from (stage 2: the stage-1 final/ "
                 "folder, whose tokenizer is reused); null: build `llava` from its spec"})

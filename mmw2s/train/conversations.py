@@ -67,7 +67,8 @@ class ConversationSelector:
         records = [r for r in self._index.get(member, []) if r.get("kind", self.kinds[0]) in self.kinds]
         if not records:
             return None
-        return dialogue(rng.choice(records)), 1.0
+        # The record's own <image> placeholder stays: it is where the image tokens go.
+        return dialogue(rng.choice(records), keep_image=True), 1.0
 
 
 def record_texts(records_dir: Path, kinds: list[str]) -> list[str]:

@@ -32,7 +32,7 @@ from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from models.captioner_build import build_captioner, list_captioners
 from models.captioners import Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
-from models.llava import LlavaStudent, images_to_tensor, registered_lms
+from models.llava import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, LlavaStudent, images_to_tensor, registered_lms
 from models.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,10 @@ class LlavaTask:
 
     Stage 1 trains the projector on image-caption pairs (each a one-turn conversation); stage 2
     the projector and the LM on `mmw2s synthesize` records. The vision tower trains only with
-    `train_vision`. A from-scratch LM gets its word vocabulary in stage 1 from every text the
-    student will see (captions and, when `data` is a synthesize folder, its records); stage 2
-    starts from the stage-1 folder (`init_from`) and keeps that tokenizer.
+    `train_vision`, the LM in stage 1 only with `train_lm`. A from-scratch LM gets its word
+    vocabulary in stage 1 from every text the student will see (captions and, when `data` is a
+    synthesize folder, its records); stage 2 starts from the stage-1 folder (`init_from`) and keeps
+    that tokenizer.
     """
 
     def __init__(self, cfg: TrainConfig, selector: TextSelector, resume_model: Optional[Path]) -> None:
@@ -154,7 +155,7 @@ class LlavaTask:
         self.stage = cfg.llava_stage
         self.selector = stage2_selector(cfg, records) if self.stage == 2 else selector
         self.student = self._build(cfg, selector, records, resume_model)
-        trainable = self.student.freeze(self.stage, cfg.train_vision)
+        trainable = self.student.freeze(self.stage, cfg.train_vision, cfg.train_lm)
         log.info("llava stage %d: training %s; %d image tokens, vocabulary %d", self.stage,
                  " + ".join(trainable), self.student.num_image_tokens, len(self.student.tokenizer))
         self.module = self.student
@@ -187,6 +188,11 @@ class LlavaTask:
             turns = batch["texts"]
         encoded = [self.student.encode_conversation(t) for t in turns]
         keep = [i for i, e in enumerate(encoded) if e is not None]
+        if any(IMAGE_TOKEN_ID not in encoded[i]["input_ids"] for i in keep):
+            # Every sample here has an image: a conversation without its placeholder would train
+            # the LM to answer blind (the student would never learn to look).
+            raise ValueError(f"a conversation of the batch has no {IMAGE_PLACEHOLDER} placeholder, so its "
+                             "image would be ignored; LLaVA records carry one in the first human turn")
         if not keep:
             raise ValueError(f"no sample of the batch fits llava.max_length={self.student.spec.max_length} "
                              "with an answer token left; raise llava.max_length")
