@@ -38,6 +38,22 @@ def test_stage_folders_are_keyed_by_config_and_upstream():
     assert a["student_web"] == b["student_web"]  # raw web alt-text does not depend on the filter
 
 
+def test_bootstrapped_text_switches_only_the_bootstrapped_student_to_blips_mixed_captions():
+    base = {s.name: s for s in plan(load_config(ExperimentConfig, DEMO, ["out=/tmp/x"]))[0]}
+    mixed = {s.name: s for s in plan(load_config(ExperimentConfig, DEMO, [
+        "out=/tmp/x", "bootstrapped_text.source=mix", "bootstrapped_text.mix_synthetic_ratio=0.3"]))[0]}
+    assert base["student_bootstrapped"].cfg.text.source == "txt"
+    text = mixed["student_bootstrapped"].cfg.text
+    assert (text.source, text.mix_synthetic_ratio) == ("mix", 0.3)
+    # the same bootstrapped shards, a new student folder; nothing else changes
+    assert mixed["student_bootstrapped"].cfg.data == base["student_bootstrapped"].cfg.data
+    assert mixed["student_bootstrapped"].out != base["student_bootstrapped"].out
+    for name in ("bootstrap", "student_web", "student_filtered", "student_gold"):
+        assert mixed[name].out == base[name].out, name
+    with pytest.raises(ConfigError, match="bootstrapped_text.source|text.source"):
+        load_config(ExperimentConfig, DEMO, ["out=/tmp/x", "bootstrapped_text.source=gold"])
+
+
 @pytest.mark.parametrize("override,message", [
     ("student.lrr=0.1", "unknown key 'student.lrr'"),
     ("bootstrap.decoding.method=sampling", "bootstrap.decoding.method"),

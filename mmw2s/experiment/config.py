@@ -58,6 +58,10 @@ class ExperimentConfig:
     students: list[Student] = field(default_factory=lambda: list(STUDENT_DATA), metadata={
         "help": "students to train: web (raw alt-text, baseline), filtered (filter-only ablation), "
                 "bootstrapped (captioner + filter), gold (ceiling: the only reader of the truth)"})
+    bootstrapped_text: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keys of `mmw2s train`'s `text` section for the bootstrapped student (default: "
+                "source txt, the chosen caption; source mix: BLIP's set, kept web and kept "
+                "synthetic captions both, drawn at text.mix_synthetic_ratio)"})
     eval: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keys of `mmw2s eval` (models, world and out are set by the run)"})
     headline: list[str] = field(default_factory=list, metadata={
