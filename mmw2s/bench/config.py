@@ -22,7 +22,7 @@ class WorldSize:
 class BootstrapBench:
     """The bootstrap row: end-to-end images/s vs the forward passes alone (the ceiling)."""
 
-    shards: int = field(default=4, metadata={"help": "web shards bootstrapped end to end"})
+    shards: int = field(default=16, metadata={"help": "web shards bootstrapped end to end"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass (both sides)"})
     num_captions: int = field(default=2, metadata={"help": "synthetic captions per image"})
     max_new_tokens: int = field(default=12, metadata={"help": "longest synthetic caption in tokens"})
