@@ -52,6 +52,11 @@ def test_bootstrapped_text_switches_only_the_bootstrapped_student_to_blips_mixed
         assert mixed[name].out == base[name].out, name
     with pytest.raises(ConfigError, match="bootstrapped_text.source|text.source"):
         load_config(ExperimentConfig, DEMO, ["out=/tmp/x", "bootstrapped_text.source=gold"])
+    with pytest.raises(ConfigError, match="unknown key 'bootstrapped_text.sorce'"):
+        load_config(ExperimentConfig, DEMO, ["out=/tmp/x", "bootstrapped_text.sorce=mix"])
+    with pytest.raises(ConfigError, match="bootstrapped_text applies to the CLIP students"):
+        load_config(ExperimentConfig, CONFIG_DIR / "llava_demo.yaml",
+                    ["out=/tmp/x", "bootstrapped_text.source=mix"])
 
 
 @pytest.mark.parametrize("override,message", [

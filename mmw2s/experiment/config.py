@@ -103,7 +103,21 @@ class ExperimentConfig:
             raise ValueError("rounds > 1 needs the 'bootstrapped' student: it filters the next round")
         if not 0.0 <= self.pgr_min_gap < 1.0:
             raise ValueError(f"pgr_min_gap must be a fraction in [0, 1), got {self.pgr_min_gap}")
+        self._check_bootstrapped_text()
         # Check every stage section against its own schema now, before any work starts.
         from mmw2s.experiment.plan import plan_variants
 
         plan_variants(self)
+
+    def _check_bootstrapped_text(self) -> None:
+        """Errors in `bootstrapped_text` name its own keys, not those of the student it lands in."""
+        from mmw2s.config import build
+        from mmw2s.train.config import TextConfig
+
+        if self.bootstrapped_text and self.pipeline == "llava":
+            raise ValueError("bootstrapped_text applies to the CLIP students of pipeline=capfilt; LLaVA "
+                             "students learn from the instructions synthesized from the chosen captions")
+        text = build(TextConfig, self.bootstrapped_text, "experiment", prefix="bootstrapped_text.")
+        if text.source == "gold":
+            raise ValueError("bootstrapped_text.source=gold would train the bootstrapped student on the "
+                             "truth; the gold ceiling is the student named 'gold'")

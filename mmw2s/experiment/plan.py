@@ -71,8 +71,9 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     t = plan_teachers(p, cfg, seed)
     world_dir, captioner, filter_model, boot_common, boot = (
         t.world_dir, t.captioner, t.filter_model, t.boot_common, t.bootstrap)
+    boot_text = merge({"source": "txt"}, cfg.bootstrapped_text)
     data = {"web": (str(world_dir / "web"), {"source": "txt"}),
-            "bootstrapped": (str(Path(boot.cfg.out) / "shards"), merge({"source": "txt"}, cfg.bootstrapped_text)),
+            "bootstrapped": (str(Path(boot.cfg.out) / "shards"), boot_text),
             "gold": (str(world_dir / "web"), {"source": "gold"})}
     if "filtered" in cfg.students:
         only = p.add("filter_only", "bootstrap", BootstrapConfig,
