@@ -40,9 +40,14 @@ class MalformedResponse(ValueError):
 def parse_turns(text: str) -> list[tuple[str, str]]:
     """Parse a synthesizer's response into ``[(question, answer), ...]``.
 
-    The expected response is JSON ``{"turns": [{"question": str, "answer": str}, ...]}`` (a bare
-    list of such objects is accepted too), optionally inside a Markdown code fence, as chat models
-    often add one. Anything else raises `MalformedResponse`.
+    Accepted, optionally inside a Markdown code fence (chat models often add one):
+
+    - our prompt's format: ``{"turns": [{"question": str, "answer": str}, ...]}`` or a bare list of
+      such objects;
+    - LLaVA's own conversation format, ``[{"from": "human", "value": ...}, {"from": "gpt", ...}, ...]``
+      (bare or under ``"conversations"``), since LLMs prompted with LLaVA's examples answer in it.
+
+    Anything else raises `MalformedResponse`, saying what is wrong.
     """
     if not isinstance(text, str) or not text.strip():
         raise MalformedResponse("empty response")
@@ -50,11 +55,18 @@ def parse_turns(text: str) -> list[tuple[str, str]]:
     body = fenced.group(1) if fenced else text.strip()
     try:
         data = json.loads(body)
-    except json.JSONDecodeError as exn:
-        raise MalformedResponse(f"not JSON: {exn.msg} at char {exn.pos}") from None
-    turns = data.get("turns") if isinstance(data, dict) else data
-    if not isinstance(turns, list) or not turns:
-        raise MalformedResponse("expected a non-empty list under 'turns'")
+    except (json.JSONDecodeError, RecursionError) as exn:
+        raise MalformedResponse(f"not JSON: {getattr(exn, 'msg', exn)}") from None
+    if isinstance(data, dict):
+        data = data.get("turns", data.get("conversations"))
+    if not isinstance(data, list) or not data:
+        raise MalformedResponse("expected a non-empty list under 'turns' (or LLaVA 'conversations')")
+    if all(isinstance(t, dict) and "from" in t for t in data):
+        return _llava_turns(data)
+    return _question_answer_turns(data)
+
+
+def _question_answer_turns(turns: list) -> list[tuple[str, str]]:
     out = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -63,6 +75,28 @@ def parse_turns(text: str) -> list[tuple[str, str]]:
         if not (isinstance(q, str) and q.strip() and isinstance(a, str) and a.strip()):
             raise MalformedResponse(f"turn {i} needs non-empty string 'question' and 'answer'")
         out.append((q.strip(), a.strip()))
+    return out
+
+
+_ROLES = {"human": HUMAN, "user": HUMAN, "gpt": GPT, "assistant": GPT}
+
+
+def _llava_turns(turns: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of (human, gpt) values from LLaVA-format turns; the ``<image>`` placeholder is dropped."""
+    if len(turns) % 2:
+        raise MalformedResponse(f"LLaVA turns come in human/gpt pairs, got {len(turns)} turns")
+    out = []
+    for i in range(0, len(turns), 2):
+        (q, a) = turns[i], turns[i + 1]
+        if _ROLES.get(str(q.get("from")).lower()) != HUMAN or _ROLES.get(str(a.get("from")).lower()) != GPT:
+            raise MalformedResponse(f"turns {i} and {i + 1} must be from human, then gpt")
+        qv, av = q.get("value"), a.get("value")
+        if not (isinstance(qv, str) and isinstance(av, str)):
+            raise MalformedResponse(f"turns {i} and {i + 1} need string 'value's")
+        qv = qv.replace(IMAGE_PLACEHOLDER, "").strip()
+        if not (qv and av.strip()):
+            raise MalformedResponse(f"turns {i} and {i + 1} need non-empty 'value's")
+        out.append((qv, av.strip()))
     return out
 
 

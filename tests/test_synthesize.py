@@ -225,6 +225,9 @@ class ScriptedServer:
             return self.send(h, 200, None, raw=b"{this is not json")
         content = "Sure! Here you go." if script == "bad_content" else json.dumps(
             {"turns": [{"question": f"What is in the image? ({name})", "answer": f"A {name}."}]})
+        if script == "llava_format":  # what an LLM prompted with LLaVA's own examples answers
+            content = json.dumps([{"from": "human", "value": f"<image>\nWhat is in the image? ({name})"},
+                                  {"from": "gpt", "value": f"A {name}."}])
         self.send(h, 200, {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": content}}],
@@ -275,6 +278,8 @@ def test_api_backend_retries_counts_malformed_and_reruns_from_cache(tmp_path, se
     answered = {r["conversations"][1]["value"] for r in records}
     assert answered == {"A ok.", "A blue square.", "A green star.", "A pink cross."}
     assert summary["malformed"] == 2  # prose instead of JSON turns, and a body that is not JSON
+    assert summary["responses"]["malformed"] == 2 and summary["responses"]["ok"] == 4
+    assert {e["error"] for e in summary["malformed_examples"]} >= {"not JSON: Expecting value"}
     assert summary["responses"]["rejected"] == 1 and server.counts["orange circle"] == 1  # 400: no retry
     assert summary["retries"] == 3 and summary["requests"] == 10
     assert summary["prompt_tokens"] == 500 and summary["completion_tokens"] == 50
@@ -287,6 +292,18 @@ def test_api_backend_retries_counts_malformed_and_reruns_from_cache(tmp_path, se
     assert sum(server.counts.values()) - before == 2  # only the two never-cached failures (400, bad body)
     assert again["this_run"]["cache_hits"] == 5 and again["this_run"]["estimated_cost_usd"] == 0.0
     assert read_llava_json(tmp_path / "out2" / "llava.json") == records
+
+
+def test_api_answers_in_llavas_own_format_are_records_and_counters_agree(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr(ScriptedServer, "SCRIPTS", {"": "llava_format"})
+    write_shard(tmp_path / "in" / "00000.tar", ["a red circle", "a blue square", "a green star"])
+    summary = run(api_config(tmp_path, server))
+    records = read_llava_json(tmp_path / "out" / "llava.json")
+    assert summary["records"] == 3 == len(records) and summary["malformed"] == 0
+    assert summary["responses"] == {"ok": 3, "empty": 0, "rejected": 0, "failed": 0, "malformed": 0}
+    assert records[0]["conversations"][0]["value"].startswith("<image>\nWhat is in the image?")
+    assert records[0]["conversations"][0]["value"].count("<image>") == 1
 
 
 def test_api_shard_with_exhausted_retries_stays_incomplete_until_a_rerun(tmp_path, server, monkeypatch):
@@ -349,7 +366,8 @@ def test_local_backend_runs_a_saved_causal_lm_and_counts_its_garbage(tmp_path):
                 "local.max_new_tokens": 6, "local.temperature": 0.0, "local.device": "cpu",
                 "kinds": "[conversation, detail]", "cache_dir": str(tmp_path / "cache")}
     summary = run(config(tmp_path, **settings))
-    assert summary["responses"]["ok"] == 4 and summary["malformed"] == 4 and summary["records"] == 0
+    assert summary["responses"]["malformed"] == summary["malformed"] == 4 and summary["responses"]["ok"] == 0
+    assert summary["records"] == 0 and len(summary["malformed_examples"]) == 4
     assert summary["complete_shards"] == 1 and summary["prompt_tokens"] > 0
     again = run(config(tmp_path, out=str(tmp_path / "out2"), **settings))
     assert again["this_run"]["cache_hits"] == 4 and again["this_run"]["requests"] == 0

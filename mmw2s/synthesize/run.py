@@ -14,6 +14,7 @@ redoes it, with the responses it already got served from the cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from mmw2s.synthesize.prompts import build_context, load_llm_prompts, load_wordi
 log = logging.getLogger(__name__)
 
 LLAVA_FILE, SUMMARY_FILE = "llava.json", "summary.json"
+MALFORMED_EXAMPLES = 5  # rejected responses kept per shard and in the summary, to say what was wrong
 STATUSES = ("ok", "empty", "rejected", "failed", "malformed")
 COUNT_KEYS = ("samples", "images", "records", "requests", "retries", "cache_hits", "malformed",
               "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens")
@@ -194,6 +196,13 @@ class ShardTally(Counter):
     def __init__(self) -> None:
         super().__init__()
         self.damaged: str | None = None  # what went wrong reading the input tar, if anything
+        self.malformed_examples: list[dict] = []  # the first few rejected responses, to show the user
+
+    def note_malformed(self, request_id: str, error: str | None, text: str | None) -> None:
+        """Keep the first `MALFORMED_EXAMPLES` rejected responses (text cut to 500 characters)."""
+        if len(self.malformed_examples) < MALFORMED_EXAMPLES:
+            self.malformed_examples.append({"id": request_id, "error": error,
+                                            "text": None if text is None else text[:500]})
 
     def add_response(self, r: Response) -> None:
         """Count one response: its status, tries, cache use and tokens."""
@@ -211,25 +220,31 @@ class ShardTally(Counter):
 
 def to_records(sample: dict, requests: list[Request], responses: list[Response], backend: Any,
                tally: ShardTally) -> list[dict]:
-    """The records of one sample's responses; malformed ones are counted and skipped."""
+    """The records of one sample's responses; malformed ones are counted, sampled and skipped.
+
+    A response whose transport succeeded but whose text is not turns we can read counts as
+    ``malformed`` (not ``ok``), so ``responses.malformed`` and ``malformed`` are one number.
+    """
     shard = shard_name(sample["__url__"])
     image = f"{shard}/{sample['__key__']}.{sample['image_ext']}"
     prompt_ids = backend.prompt_ids([r.kind for r in requests])
     records = []
     for request, response in zip(requests, responses):
+        record, error = None, response.error
+        if response.status == "ok":
+            provenance = {"backend": backend.name, "model": backend.model, "prompt_id": prompt_ids[request.kind]}
+            try:
+                record = make_record(request.id, image, parse_turns(response.text), request.kind, provenance)
+            except ValueError as exn:  # MalformedResponse, or turns LLaVA's format cannot hold
+                response = dataclasses.replace(response, status="malformed")
+                error = str(exn)
         tally.add_response(response)
         if response.status == "malformed":
             tally["malformed"] += 1
-        if response.status != "ok":
-            continue
-        provenance = {"backend": backend.name, "model": backend.model, "prompt_id": prompt_ids[request.kind]}
-        try:
-            records.append(make_record(request.id, image, parse_turns(response.text), request.kind, provenance))
-        except ValueError as exn:  # MalformedResponse, or turns LLaVA's format cannot hold
-            tally["malformed"] += 1
-            log.debug("malformed response for %s: %s", request.id, exn)
-            continue
-        tally[f"records_{request.kind}"] += 1
+            tally.note_malformed(request.id, error, response.text)
+        if record is not None:
+            records.append(record)
+            tally[f"records_{request.kind}"] += 1
     return records
 
 
@@ -290,6 +305,7 @@ def shard_stats(url: str, tally: ShardTally, cfg: SynthesizeConfig, backend: Any
     stats = {"input": url, "count": tally["images"], "successes": tally["images"],
              **{k: tally[k] for k in COUNT_KEYS}, "skipped": prefixed("skipped_"),
              "responses": {s: tally[f"status_{s}"] for s in STATUSES}, "records_by_kind": prefixed("records_"),
+             "malformed_examples": tally.malformed_examples,
              "damaged": tally.damaged, "backend": backend.name, "model": backend.model,
              "prompt_ids": backend.prompt_ids(cfg.kinds), "fingerprint": fingerprint, "seconds": round(seconds, 3)}
     stats["estimated_cost_usd"] = round(usage_cost(tally["prompt_tokens"], tally["completion_tokens"], cfg.api), 6) \
@@ -326,6 +342,7 @@ def summarize(out: Path, urls: list[str], cfg: SynthesizeConfig, this_run: Count
     return {
         "shards": len(urls), "complete_shards": len(stats), "incomplete_shards": incomplete,
         **totals, "responses": responses, "records_by_kind": dict(by_kind),
+        "malformed_examples": [e for s in stats for e in s.get("malformed_examples", [])][:MALFORMED_EXAMPLES],
         "merged_records": merge_records(out, urls), "llava_json": str(out / LLAVA_FILE),
         "estimated_cost_usd": round(sum(s.get("estimated_cost_usd", 0.0) for s in stats), 6),
         "this_run": {"requests": this_run["requests"], "retries": this_run["retries"],
