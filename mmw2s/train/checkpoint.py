@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,37 @@ def assert_finite(model: torch.nn.Module) -> None:
     for name, buffer in model.named_buffers():
         if buffer.is_floating_point() and torch.isnan(buffer).any():
             raise NonFiniteWeights(f"buffer {name} holds NaN; refusing to save")
+
+
+@dataclass(frozen=True)
+class RngSnapshot:
+    """The process's global random state: Python, NumPy, torch CPU and (when in use) CUDA.
+
+    The training loop takes one when its state is final (seeded, or restored by `load_state`)
+    and puts it back just before the first step: whatever runs in between (building the data
+    loader, which draws its workers' base seed from torch's global generator; starting workers;
+    logging) then cannot move the random stream that dropout and the steps draw from, so a
+    resumed run draws exactly what an uninterrupted one draws after the same checkpoint.
+    """
+
+    python: Any
+    numpy: Any
+    torch_cpu: torch.Tensor
+    cuda: Optional[list[torch.Tensor]]
+
+    @classmethod
+    def take(cls) -> "RngSnapshot":
+        """The current global random state of this process."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        """Make this the process's global random state again."""
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch_cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
 
 
 def step_dir(out: str | os.PathLike, step: int) -> Path:

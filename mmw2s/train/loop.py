@@ -7,7 +7,11 @@ source and the loss. The loop counts optimizer steps, so every rank runs exactly
 Robustness: a non-finite loss or gradient skips the optimizer step on every rank (the decision is
 reduced across ranks), is counted, and `max_nonfinite_in_a_row` of them stop the run with
 `TrainingDiverged`. Checkpoints are written atomically and never from non-finite weights;
-`resume=latest` restores weights, optimizer, scheduler, RNG and the data position.
+`resume=latest` restores weights, optimizer, scheduler, RNG and the data position, and a
+resumed run ends with the same weights, bit for bit, as one never interrupted: the global random
+state the steps draw from (dropout) is put back just before the first step, whatever setting up
+the data loader drew from it (`checkpoint.RngSnapshot`), and the loader's workers are seeded from
+the run's seed and rank, not from that state.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from mmw2s.errors import StageError
 from mmw2s.config import save_config
 from mmw2s.train import checkpoint as ckpt
 from mmw2s.train.config import TrainConfig
-from mmw2s.train.data import DataStats, loader_settings, make_loader
+from mmw2s.train.data import DataStats, hash_seed, loader_settings, make_loader
 from mmw2s.train.metrics import MetricsLogger, plot_loss
 from mmw2s.train.tasks import TrainTask, build_task, model_path
 from mmw2s.train.texts import TextSelector
@@ -69,6 +73,7 @@ class Run:
     optimizer: Any
     scheduler: Any
     progress: Progress
+    rng: ckpt.RngSnapshot  # the random state the first step must start from
     metrics: Optional[MetricsLogger] = None
 
 
@@ -145,7 +150,8 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, resume: Optional[Path]) -
     if resume is not None:
         accelerator.load_state(str(resume / ckpt.STATE))
         progress = _restore_progress(ckpt.read_trainer_state(resume), accelerator)
-    r = Run(cfg, accelerator, task, model, optimizer, scheduler, progress)
+    # Taken here, where a fresh run's state is final and a resumed run's is the checkpoint's.
+    r = Run(cfg, accelerator, task, model, optimizer, scheduler, progress, ckpt.RngSnapshot.take())
     if accelerator.is_main_process:
         r.metrics = MetricsLogger(cfg.out, progress.step, {"reads_truth": cfg.reads_truth})
         if cfg.reads_truth:
@@ -200,11 +206,13 @@ def _train(r: Run) -> None:
                          rank=acc.process_index, world=acc.num_processes,
                          consumed=p.batches_consumed, shuffle_buffer=cfg.shuffle_buffer,
                          tokenize=getattr(r.task, "texts_to_tokens", None),
+                         generator=_loader_generator(cfg.seed, acc.process_index),
                          **loader_settings(cfg.prefetch_factor, cfg.pin_memory, cfg.persistent_workers,
                                            acc.device))
     batches = iter(loader)
     bar = tqdm(total=cfg.steps, initial=p.step, disable=not acc.is_main_process,
                desc=f"train {cfg.task}", dynamic_ncols=True)
+    r.rng.restore()  # nothing drawn since setup (loader, workers, logging) reaches the steps
     window: list[float] = []
     clock = time.perf_counter()
     window_start = p.step
@@ -222,6 +230,12 @@ def _train(r: Run) -> None:
             _save(r)
             clock, window_start = time.perf_counter(), p.step  # keep saving out of samples/s
     bar.close()
+
+
+def _loader_generator(seed: int, rank: int) -> torch.Generator:
+    """The DataLoader's own generator: its workers' base seed is then the same in a fresh and a
+    resumed run, and drawing it leaves the global generator (dropout's) alone."""
+    return torch.Generator().manual_seed(hash_seed(seed, rank, 0x10ad))
 
 
 def _train_step(r: Run, batches: Iterator[dict]) -> Optional[float]:
