@@ -24,6 +24,7 @@ World suites (``world:NAME``), read from ``WORLD/test`` (the one place allowed t
 """
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
@@ -35,7 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from data_pipelines.shards import IMAGE_EXTS, ReadLimits, decode_sample, iter_samples, open_shard
+from data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, iter_samples, open_shard
 from data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, gold_caption, sample_scene
 from data_pipelines.world.scene import gold_plan, render_plan
 from data_pipelines.world.vocab import INVERSE_RELATION
@@ -277,6 +278,55 @@ def wds_shards(folder: str | os.PathLike, split: str = "test") -> list[str]:
     if not found:
         raise FileNotFoundError(f"no shards in {split_dir} (expected {split_dir}/0.tar ...)")
     return [str(p) for p in found]
+
+
+def write_wds_benchmark(bench: Benchmark, folder: str | os.PathLike, split: str = "test",
+                        shard_size: int = 10000) -> Path:
+    """Write ``bench`` as a CLIP_benchmark webdataset folder, what `clip_benchmark_export_wds` writes.
+
+    Classification: ``SPLIT/N.tar`` with ``png`` + ``cls`` (class index), ``classnames.txt``,
+    ``zeroshot_classification_templates.txt``. Retrieval: ``png`` + ``txt`` (an image's captions, one
+    per line, a newline inside a caption written as ``\\n``) and ``dataset_type.txt`` = retrieval.
+    Images as PNG, so the pixels are exactly the benchmark's. ``SPLIT/nshards.txt`` is written last:
+    a folder that has it is complete, and is returned as it is.
+    """
+    if bench.task not in (CLASSIFICATION, RETRIEVAL):
+        raise ValueError(f"{bench.name}: CLIP_benchmark folders hold classification or retrieval, not {bench.task}")
+    root = Path(folder)
+    if (root / split / "nshards.txt").exists():
+        return root
+    (root / split).mkdir(parents=True, exist_ok=True)
+    if bench.task == CLASSIFICATION:
+        (root / "classnames.txt").write_text("\n".join(bench.classnames) + "\n")
+        (root / "zeroshot_classification_templates.txt").write_text("\n".join(bench.templates) + "\n")
+    else:
+        (root / "dataset_type.txt").write_text("retrieval\n")
+    shards = index = 0
+    for shards, chunk in enumerate(_chunked(bench.examples(), shard_size), start=1):
+        with ShardWriter(root / split / f"{shards - 1}.tar") as writer:
+            for ex in chunk:
+                writer.write(_wds_member(f"s{index:07d}", ex, bench.task))
+                index += 1
+            writer.close()
+    (root / split / "nshards.txt").write_text(f"{shards}\n")
+    return root
+
+
+def _chunked(examples: Iterator[Example], n: int) -> Iterator[list[Example]]:
+    it = iter(examples)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def _wds_member(key: str, ex: Example, task: str) -> dict:
+    png = io.BytesIO()
+    ex.image.save(png, format="PNG")
+    sample = {"__key__": key, "png": png.getvalue()}
+    if task == CLASSIFICATION:
+        sample["cls"] = str(ex.label)
+    else:
+        sample["txt"] = "\n".join(t.replace("\n", r"\n") for t in ex.texts or [])
+    return sample
 
 
 def read_wds_benchmark(folder: str | os.PathLike, split: str = "test") -> Benchmark:

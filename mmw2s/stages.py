@@ -50,6 +50,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "mmw2s.train.config:TrainConfig", "mmw2s.train.loop:run", "train.yaml"),
     Stage("eval", "zero-shot evaluation of captioners, filters and students (CLIP_benchmark-style JSON)",
           "mmw2s.evaluate.config:EvalConfig", "mmw2s.evaluate.run:run", "eval.yaml"),
+    Stage("export", "write the world's test suites as CLIP_benchmark webdataset folders (for clip_benchmark eval)",
+          "mmw2s.export:ExportConfig", "mmw2s.export:run", "export.yaml"),
     Stage("run", "the weak-to-strong experiment: world -> weak teachers -> bootstrap -> students -> eval -> report",
           "mmw2s.experiment.config:ExperimentConfig", "mmw2s.experiment.run:run", "demo.yaml"),
     Stage("bench", "ratios of our stages vs the tools users would pick instead (open_clip_train, CLIP_benchmark, webdataset)",

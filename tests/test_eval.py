@@ -71,9 +71,16 @@ def test_retrieval_recall_with_several_captions_per_image():
     assert only_t0["text_retrieval_recall@1"] == 0.0
 
 
-def test_identical_captions_are_positives_of_every_image_that_has_them():
-    texts, positives = M.positives_from_captions([["a red circle"], ["a red circle", "a blue star"]])
-    assert positives.tolist() == [[True, True], [True, True], [False, True]]
+def test_a_shared_caption_is_a_positive_of_its_own_image_only_as_in_clip_benchmark():
+    captions = [["a red circle"], ["a red circle", "a blue star"]]
+    texts, positives = M.positives_from_captions(captions)
+    assert positives.tolist() == [[True, False], [False, True], [False, True]]
+    # Image 1 ranks the first "a red circle" (image 0's) highest: CLIP_benchmark calls that a miss.
+    scores = torch.tensor([[0.2, 0.9], [0.8, 0.1], [0.1, 0.0]])  # (T, I)
+    assert M.retrieval_metrics(scores, positives, ks=(1,))["text_retrieval_recall@1"] == 0.0
+    _, shared = M.positives_from_captions(captions, shared=True)  # our variant, by name
+    assert shared.tolist() == [[True, True], [True, True], [False, True]]
+    assert M.retrieval_metrics(scores, shared, ks=(1,))["text_retrieval_recall@1"] == 1.0
 
 
 def test_selection_accuracy_counts_the_true_caption_first():

@@ -13,41 +13,29 @@ timed from reading the folder to the metrics (model loading excluded on both sid
 The passes are interleaved after a warm-up of each; the best pass per side counts. acc1 must agree.
 
 One compatibility fix, nothing else: clip_benchmark 1.6.2's `accuracy` calls `float()` on a
-1-element array, an error since NumPy 2.4; it is replaced by the same top-k count (`_topk_accuracy`),
-a negligible part of the time.
+1-element array, an error since NumPy 2.4; it is replaced by the same top-k count
+(`mmw2s.peers.fix_numpy_accuracy`, what `mmw2s-clip-benchmark` applies), a negligible part of the time.
 """
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
 from mmw2s.bench.common import missing_peer, row, skipped
 from mmw2s.bench.config import BenchConfig
+from mmw2s.peers import fix_numpy_accuracy
 
 METRIC_TOLERANCE = 1e-6
 
 
 def export_wds_benchmark(world: Path, suite: str, folder: Path) -> Path:
     """Write world suite `suite` as a CLIP_benchmark webdataset folder (kept when complete)."""
-    from data_pipelines.benchmarks import world_suite
-    from data_pipelines.shards import ShardWriter, is_complete
+    from data_pipelines.benchmarks import world_suite, write_wds_benchmark
 
-    shard = folder / "test" / "0.tar"
-    if is_complete(shard):
+    if (folder / "test" / "nshards.txt").exists():
         return folder
-    bench = world_suite(world, suite)
-    with ShardWriter(shard) as writer:
-        for i, ex in enumerate(bench.examples()):
-            png = io.BytesIO()
-            ex.image.save(png, format="PNG")
-            writer.write({"__key__": f"s{i:07d}", "png": png.getvalue(), "cls": str(ex.label)})
-        writer.close()
-    (folder / "test" / "nshards.txt").write_text("1\n")
-    (folder / "classnames.txt").write_text("\n".join(bench.classnames) + "\n")
-    (folder / "zeroshot_classification_templates.txt").write_text("\n".join(bench.templates) + "\n")
-    return folder
+    return write_wds_benchmark(world_suite(world, suite), folder)
 
 
 def ours_pass(scorer: Any, folder: Path, batch_size: int) -> tuple[dict, int, float]:
@@ -69,7 +57,7 @@ def theirs_pass(model: Any, transform: Any, tokenizer: Any, folder: Path, batch_
     from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics import zeroshot_classification
 
-    _fix_numpy_accuracy(zeroshot_classification)
+    fix_numpy_accuracy(zeroshot_classification)
     start = time.perf_counter()
     dataset = build_dataset(f"wds/{folder.name}", root=str(folder), transform=transform, split="test",
                             task="zeroshot_classification")
@@ -78,22 +66,6 @@ def theirs_pass(model: Any, transform: Any, tokenizer: Any, folder: Path, batch_
     metrics = zeroshot_classification.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates,
                                                device=device, amp=False)
     return metrics, time.perf_counter() - start
-
-
-def _topk_accuracy(output: Any, target: Any, topk: tuple = (1,)) -> list[float]:
-    """clip_benchmark's top-k accuracy (same definition), without float() of a 1-element array."""
-    pred = output.topk(max(topk), 1, True, True)[1].t()  # (K, N)
-    correct = pred.eq(target.view(1, -1).expand_as(pred))
-    return [correct[:k].reshape(-1).float().sum().item() / len(target) for k in topk]
-
-
-def _fix_numpy_accuracy(module: Any) -> None:
-    import numpy as np
-
-    try:
-        float(np.zeros(1))
-    except TypeError:  # NumPy >= 2.4: the peer's own accuracy() would fail
-        module.accuracy = _topk_accuracy
 
 
 def load_both(path: Path, device: str, compile_models: bool) -> tuple[Any, tuple]:

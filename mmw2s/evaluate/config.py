@@ -100,6 +100,9 @@ class EvalConfig:
                                         "captions, so that dual encoders and pairwise scorers stand in one "
                                         "table (null: all images; pairwise scorers then use "
                                         "pairwise.retrieval_images)"})
+    retrieval_positives: Literal["own", "shared"] = field(
+        default="own", metadata={"help": "own: a caption is a hit only for its own image (CLIP_benchmark's "
+                                         "rule); shared: also for every image with the identical caption"})
     pairwise: PairwiseConfig = field(default_factory=PairwiseConfig,
                                      metadata={"help": "limits for captioner / ITM scoring"})
     vqa: VqaConfig = field(default_factory=VqaConfig, metadata={"help": "the world:vqa suite"})

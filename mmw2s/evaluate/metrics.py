@@ -6,7 +6,8 @@
   the recall of the top-1 prediction (sklearn's ``balanced_accuracy_score``).
 - ``image_retrieval_recall@k`` (text -> image) and ``text_retrieval_recall@k`` (image -> text): the
   fraction of queries with at least one positive among their top k; an image with several captions
-  is a hit when any of them is retrieved.
+  is a hit when any of them is retrieved; a caption is a positive of its own image only (a caption
+  shared by several images counts for its own, as in CLIP_benchmark; `shared=True` is our variant).
 - ``acc`` of image-caption selection: the true caption (index 0) scores highest.
 """
 from __future__ import annotations
@@ -77,21 +78,25 @@ def retrieval_metrics(scores: torch.Tensor, positives: torch.Tensor,
     return metrics
 
 
-def positives_from_captions(captions: Sequence[Sequence[str]]) -> tuple[list[str], torch.Tensor]:
+def positives_from_captions(captions: Sequence[Sequence[str]],
+                            shared: bool = False) -> tuple[list[str], torch.Tensor]:
     """Flatten per-image captions into texts and the (T, I) positive matrix.
 
-    A text is positive for its own image, and for every other image that lists the identical text
-    (two scenes can share a caption; CLIP_benchmark's data sets have no such duplicates, so there
-    this is its definition exactly).
+    A text is positive for its own image (CLIP_benchmark's definition). With ``shared=True`` it is
+    also positive for every other image that lists the identical text (two scenes of the world can
+    share a caption); recall is then higher, and no longer comparable with CLIP_benchmark's.
     """
     texts = [t for caps in captions for t in caps]
+    positives = torch.zeros(len(texts), len(captions), dtype=torch.bool)
     owners: dict[str, set[int]] = {}
     for i, caps in enumerate(captions):
         for t in caps:
             owners.setdefault(t, set()).add(i)
-    positives = torch.zeros(len(texts), len(captions), dtype=torch.bool)
-    for row, t in enumerate(texts):
-        positives[row, list(owners[t])] = True
+    row = 0
+    for i, caps in enumerate(captions):
+        for t in caps:
+            positives[row, sorted(owners[t]) if shared else i] = True
+            row += 1
     return texts, positives
 
 

@@ -137,7 +137,7 @@ def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSe
     kwargs = dict(pairwise_max_templates=pairwise.max_templates, pairwise_retrieval_images=pairwise.retrieval_images)
     if cfg is not None:
         kwargs.update(batch_size=cfg.batch_size, recall_k=tuple(cfg.recall_k), limit=cfg.limit,
-                      retrieval_images=cfg.retrieval_images)
+                      retrieval_images=cfg.retrieval_images, retrieval_positives=cfg.retrieval_positives)
     return TaskSettings(**kwargs)
 
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable
 
 import torch
 
 from data_pipelines.benchmarks import CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example
 from mmw2s.evaluate import metrics as M
+from mmw2s.evaluate.common import Skipped, batched
 from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
 from mmw2s.evaluate.vqa import VQA, answer
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -34,18 +33,8 @@ class TaskSettings:
     pairwise_max_templates: int = 4  # prompts per class for pairwise scorers (cost: N x C x T)
     pairwise_retrieval_images: int = 100  # retrieval subset for pairwise scorers (cost: N x N x ~3)
     retrieval_images: int | None = None  # retrieval subset for every scorer (comparable numbers)
+    retrieval_positives: str = "own"  # "own" (CLIP_benchmark) or "shared" (identical captions count too)
     limit: int | None = None  # at most this many examples per benchmark (smoke runs)
-
-
-class Skipped(Exception):
-    """The scorer cannot do this task (e.g. caption accuracy of a dual encoder)."""
-
-
-def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    """Consecutive lists of ``n`` items (the last may be shorter)."""
-    it = iter(items)
-    while chunk := list(islice(it, n)):
-        yield chunk
 
 
 def run_task(scorer: Scorer, bench: Benchmark, settings: TaskSettings) -> tuple[dict, dict]:
@@ -138,6 +127,9 @@ def retrieve(scorer: Scorer, bench: Benchmark, examples: Iterable[Example],
              settings: TaskSettings) -> tuple[dict, dict]:
     """Image->text and text->image recall@k with every caption of an image a positive.
 
+    By CLIP_benchmark's rule a caption is a positive for its own image only; with
+    ``retrieval_positives="shared"`` also for every other image that has the identical caption.
+
     ``retrieval_images`` limits every scorer to the first N images and their captions (recall over
     fewer candidates is higher, so only equal N compare). Otherwise a pairwise scorer, which scores
     every (image, text) pair, runs on the first ``pairwise_retrieval_images`` images only (noted).
@@ -147,7 +139,8 @@ def retrieve(scorer: Scorer, bench: Benchmark, examples: Iterable[Example],
     if subset:
         examples = islice(examples, subset)
     items = list(examples)
-    texts, positives = M.positives_from_captions([ex.texts or [] for ex in items])  # (T, I)
+    texts, positives = M.positives_from_captions([ex.texts or [] for ex in items],
+                                                  shared=settings.retrieval_positives == "shared")  # (T, I)
     if pairwise:
         prepared = scorer.prepare_texts(texts)
         scores = torch.cat([scorer.score([ex.image for ex in b], prepared)

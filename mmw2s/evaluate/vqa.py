@@ -14,6 +14,7 @@ from typing import Iterable
 
 from data_pipelines.benchmarks import Benchmark, Example
 from data_pipelines.vqa import QUESTION_TYPES, suite_from_shards, vqa_accuracy
+from mmw2s.evaluate.common import Skipped, batched
 from mmw2s.evaluate.scorers import Scorer
 
 VQA = "visual_question_answering"
@@ -44,8 +45,6 @@ def vqa_benchmark(world: str | os.PathLike, items: list[dict], per_type: int = 3
 
 def answer(scorer: Scorer, bench: Benchmark, examples: Iterable[Example], settings) -> tuple[dict, dict]:
     """Ask every question; ``acc`` and ``acc_TYPE`` (exact match), examples in the details."""
-    from mmw2s.evaluate.tasks import Skipped, batched
-
     if not getattr(scorer, "can_answer", False):
         raise Skipped(f"{type(scorer).__name__} cannot answer questions (VQA needs a model that "
                       "writes text: kind llava or captioner)")
