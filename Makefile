@@ -3,7 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# Extras installed with the project: dev (pytest) and peers (clip_benchmark, pandas for
+# open_clip_train) by default; CI adds ray (`make test EXTRAS=dev,peers,ray`).
+EXTRAS ?= dev,peers
+STAMP := $(VENV)/.installed-$(EXTRAS)
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing mmw2s and its dependencies into $(VENV) (torch and friends: a few minutes the first time)..."
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -e ".[dev]"
+	$(PY) -m pip install -qq -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
