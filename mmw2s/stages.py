@@ -44,6 +44,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "mmw2s.bootstrap.config:BootstrapConfig", "mmw2s.bootstrap.run:run", "bootstrap.yaml"),
     Stage("audit", "score a bootstrap run against the synthetic world's truth (filter P/R per noise type)",
           "mmw2s.audit:AuditConfig", "mmw2s.audit:run", "audit.yaml"),
+    Stage("browse", "a static HTML site of a bootstrap run's decisions (thumbnails, captions, scores, filters)",
+          "mmw2s.browse.config:BrowseConfig", "mmw2s.browse.site:run", "browse.yaml"),
     Stage("synthesize", "write LLaVA instruction data (conversation, detail, reasoning) from captioned shards",
           "mmw2s.synthesize.config:SynthesizeConfig", "mmw2s.synthesize.run:run", "synthesize.yaml"),
     Stage("train", "train a captioner (LM loss) or a CLIP student (contrastive) on shards",
