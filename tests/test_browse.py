@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import threading
 import urllib.request
@@ -293,3 +294,47 @@ def test_command_line_and_serving(site, tmp_path, capsys):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------------------------
+# report.html
+
+
+def experiment_folder(run: Path, tmp_path: Path) -> tuple[Path, list]:
+    """An experiment folder with a report.md (a table, a plot, hostile HTML, a sub-report link),
+    and one variant whose seed 0 bootstrapped into `run`."""
+    from types import SimpleNamespace as Step  # the fields of mmw2s.experiment.plan.Step it reads
+
+    out = tmp_path / "exp"
+    (out / "sweep" / "00-a").mkdir(parents=True)
+    Image.new("RGB", (20, 10), "blue").save(out / "pgr.png")
+    (out / "report.md").write_text("# Weak-to-strong report\n\n| model | acc |\n|---|---|\n| student | 42.0 |\n\n"
+                                   "![PGR](pgr.png)\n\n<script>document.body.setAttribute('data-pwned', '3')</script>\n\n"
+                                   "[value a](sweep/00-a/report.md) and ![outside](../secret.png)\n")
+    (out / "sweep" / "00-a" / "report.md").write_text("# Sweep value a\n\nok\n")
+    steps = {0: [Step(name="world", stage="world", out=tmp_path / "world"),
+                 Step(name="bootstrap", stage="bootstrap", out=run)]}
+    return out, [Step(value=None, steps_by_seed=steps)]
+
+
+@needs_chromium
+def test_report_html_has_inline_plots_escaped_text_and_browser_links(site, tmp_path):
+    from mmw2s.report_html import write_experiment_html
+
+    run = tmp_path / "run"  # a copy: the browser built here must not replace the shared one
+    shutil.copytree(site[0], run, ignore=shutil.ignore_patterns("browse"))
+    out, variants = experiment_folder(run, tmp_path)
+    html_path = write_experiment_html(out / "report.md", variants)
+    assert html_path == out / "report.html"
+    text = html_path.read_text()
+    assert "data:image/png;base64," in text and 'src="../secret.png"' in text  # only the report's own files
+    assert "&lt;script&gt;" in text and "<script>" not in text
+    assert 'href="sweep/00-a/report.html"' in (text) and (out / "sweep" / "00-a" / "report.html").exists()
+    link = os.path.relpath(run / "browse" / "index.html", out)
+    assert f'href="{link}"' in text and "seed 0 · bootstrap" in text
+    assert (run / "browse" / "index.html").exists()  # the browser the link points at was built
+    page = Cards()
+    page.feed(chromium(html_path.as_uri(), tmp_path, "--dump-dom"))
+    assert "data-pwned" not in page.body
+    rendered = chromium(html_path.as_uri(), tmp_path, "--dump-dom")
+    assert "<td>student</td>" in rendered and "<td>42.0</td>" in rendered

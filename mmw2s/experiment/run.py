@@ -35,6 +35,9 @@ def run(cfg: ExperimentConfig) -> Path:
     else:
         report = write_report(cfg, variants[0].steps_by_seed)
     print(f"\nReport: {report}")
+    from mmw2s.report_html import write_experiment_html
+
+    print(f"Report (HTML, with a browser of each bootstrap stage): {write_experiment_html(report, variants)}")
     return report
 
 
