@@ -11,6 +11,7 @@ from typing import Any
 from data_pipelines.shards import write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.experiment.config import ExperimentConfig
+from mmw2s.experiment.progress import StageProgress
 from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ def run(cfg: ExperimentConfig) -> Path:
     write_json_atomic(out / "plan.json", {seed: [describe_step(s) for s in steps]
                                           for seed, steps in steps_by_seed.items()})
     timings: dict[int, dict[str, dict[str, float]]] = {}
+    progress, offset = StageProgress([stage_kind(s) for steps in steps_by_seed.values() for s in steps]), 0
     for seed, steps in steps_by_seed.items():
-        timings[seed] = run_seed(seed, steps)
+        timings[seed] = run_seed(seed, steps, progress, offset)
+        offset += len(steps)
     write_json_atomic(out / "timings.json", timings)
     from mmw2s.experiment.summary import write_report, write_sweep_report
 
@@ -41,7 +44,13 @@ def run(cfg: ExperimentConfig) -> Path:
     return report
 
 
-def run_seed(seed: int, steps: list[Step]) -> dict[str, dict[str, float]]:
+def stage_kind(step: Step) -> str:
+    """What a stage costs like: every student alike, else the stage itself (for the estimate)."""
+    return "student" if step.name.startswith("student_") else step.name
+
+
+def run_seed(seed: int, steps: list[Step], progress: StageProgress | None = None,
+             offset: int = 0) -> dict[str, dict[str, float]]:
     """Run one seed's steps in order; returns wall and CPU seconds per step.
 
     The seconds of a stage are those of the invocation that completed it: each stage's are kept
@@ -58,6 +67,9 @@ def run_seed(seed: int, steps: list[Step]) -> dict[str, dict[str, float]]:
         spent = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(_cpu_seconds() - cpu, 1)}
         if done_before is None:
             write_json_atomic(record, spent)
+        if progress is not None:
+            print(progress.done(offset + i - 1, f"seed {seed} {step.name}", spent["wall_s"],
+                                skipped=done_before is not None), flush=True)
         key = step.name if step.name not in seconds else f"{step.name} ({step.out.name})"  # sweeps
         seconds[key] = done_before or spent
     return seconds
