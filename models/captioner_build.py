@@ -27,9 +27,10 @@ from transformers import (
     VisionEncoderDecoderModel,
 )
 
-from .captioners import BLIP, VED, Captioner
+from .captioners import BLIP, MODEL_CLASSES, VED, Captioner
 from .specs import CaptionerSpec
 from .tokenizers import BOS, PAD, SEP, build_word_tokenizer
+from .vlm_captioner import CaptionerLoadError, PromptedCaptioner, is_image_text_model, read_prompt
 
 CONFIG_DIR = Path(__file__).parent / "captioner_configs"
 
@@ -47,16 +48,18 @@ def captioner_config(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = None) -> Captioner:
+def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = None,
+                    auto_dtype: str = "float32") -> Captioner:
     """Build the captioner a spec names.
 
     A registered name (``list_captioners()``) is built from scratch with a word tokenizer trained
     on ``train_captions`` (required then). Any other name is a hub id or local folder loaded with
-    ``from_pretrained``, e.g. ``CaptionerSpec(name="Salesforce/blip-image-captioning-base")`` or a
-    folder written by ``Captioner.save``.
+    ``from_pretrained`` (``load_captioner``), e.g. ``CaptionerSpec(name="Salesforce/blip-image-captioning-base")``,
+    a folder written by ``Captioner.save``, or a prompted VLM. ``auto_dtype`` is what
+    ``spec.dtype="auto"`` means for a VLM here (the caller knows the device).
     """
     if spec.name not in list_captioners():
-        return Captioner.load(spec.name, max_length=spec.max_length)
+        return load_captioner(spec, auto_dtype)
     if train_captions is None:
         raise ValueError(f"captioner {spec.name!r} is built from scratch: pass train_captions for its vocabulary")
     cfg = captioner_config(spec.name)
@@ -73,6 +76,28 @@ def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = 
         else:
             raise ValueError(f"{spec.name}: unknown family {cfg['family']!r}")
     return Captioner(model, tokenizer, processor, max_length=spec.max_length)
+
+
+def load_captioner(spec: CaptionerSpec, auto_dtype: str = "float32") -> Captioner:
+    """A saved or hub captioner, its kind read from its config (transformers' Auto mappings).
+
+    Raises ``CaptionerLoadError`` for a checkpoint that is no captioner, before loading weights.
+    """
+    try:
+        config = AutoConfig.from_pretrained(spec.name, **({"revision": spec.revision} if spec.revision else {}))
+    except (OSError, ValueError) as exn:
+        raise CaptionerLoadError(f"captioner {spec.name!r}: no transformers checkpoint there ({exn})") from exn
+    if config.model_type in MODEL_CLASSES:  # BLIP-1 and VisionEncoderDecoder: ours, trainable
+        return Captioner.load(spec.name, max_length=spec.max_length)
+    if not is_image_text_model(config):
+        raise CaptionerLoadError(
+            f"captioner {spec.name!r} is a {config.model_type!r} checkpoint ({', '.join(config.architectures or [])}), "
+            "not an image-text model: expected BLIP, VisionEncoderDecoder or a model of "
+            "AutoModelForImageTextToText (BLIP-2, LLaVA, Qwen2-VL, SmolVLM, PaliGemma, ...)")
+    dtype = auto_dtype if spec.dtype == "auto" else spec.dtype
+    return PromptedCaptioner.load(spec.name, prompt=read_prompt(spec.prompt, spec.prompt_file),
+                                  chat_template=spec.chat_template, dtype=dtype, device_map=spec.device_map,
+                                  revision=spec.revision)
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:

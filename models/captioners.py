@@ -3,7 +3,10 @@
 The wrapper holds the HF model, its tokenizer and image processor, and gives the trainer, the
 bootstrapper and the evaluator what they need: ``preprocess``, ``loss`` (teacher-forced LM loss),
 ``generate`` (nucleus / beam / greedy, several captions per image), ``log_likelihood`` (sum of
-log p(text | image), used to score class names zero-shot) and ``save`` / ``load``.
+log p(text | image), used to score class names zero-shot) and ``save`` / ``load``. The bootstrap
+goes through ``input_builder`` (images -> a dict of tensors, in data-loader workers) and
+``caption`` (that dict -> captions), which the third kind, prompted VLMs
+(``models.vlm_captioner.PromptedCaptioner``), implements too.
 
 A saved folder is a plain ``save_pretrained`` folder: ``BlipForConditionalGeneration`` or
 ``VisionEncoderDecoderModel`` ``.from_pretrained(folder)``, ``AutoTokenizer`` and
@@ -75,6 +78,10 @@ class Captioner:
         rgb = [im.convert("RGB") for im in images]
         pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
         return pixels.to(self.device)
+
+    def input_builder(self) -> PixelInputs:
+        """Images -> ``{"pixel_values": (B, 3, H, W)}`` on CPU; holds no model (data-loader workers)."""
+        return PixelInputs(self.image_processor)
 
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> ``[bos] words [eos]`` ids and mask, both ``(B, T)``, right-padded, truncated."""
@@ -176,6 +183,10 @@ class Captioner:
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return [texts[i : i + num_captions] for i in range(0, len(texts), num_captions)]
 
+    def caption(self, inputs: dict[str, torch.Tensor], **decoding: Any) -> list[list[str]]:
+        """``generate`` on what ``input_builder`` made (the bootstrap's entry point)."""
+        return self.generate(inputs["pixel_values"].to(self.device, non_blocking=True), **decoding)
+
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """``save_pretrained`` of model, tokenizer and image processor into one folder.
@@ -216,6 +227,17 @@ class Captioner:
     def _core(self) -> PreTrainedModel:
         """The HF model itself, under any DDP / accelerate wrapper."""
         return getattr(self.model, "module", self.model)
+
+
+class PixelInputs:
+    """Images -> ``{"pixel_values": (B, 3, H, W)}`` with one image processor (BLIP, VED)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        rgb = [im.convert("RGB") for im in images]
+        return {"pixel_values": self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]}
 
 
 def _special_ids(model: PreTrainedModel) -> tuple[int, int, int]:

@@ -8,6 +8,7 @@ Real checkpoints are named the same way as our small from-scratch models, e.g.::
 
     CaptionerSpec(name="Salesforce/blip-image-captioning-base")
     CaptionerSpec(name="nlpconnect/vit-gpt2-image-captioning")
+    CaptionerSpec(name="HuggingFaceTB/SmolVLM-256M-Instruct", prompt="Describe this image in one sentence.")
     DualEncoderSpec(arch="ViT-B-32", pretrained="laion2b_s34b_b79k")
     ItmSpec(name="Salesforce/blip-itm-base-coco", mode="itm")
 """
@@ -19,16 +20,42 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CaptionerSpec:
-    """Which image captioner to build (BLIP or a VisionEncoderDecoder)."""
+    """Which image captioner to build: BLIP, a VisionEncoderDecoder, or a prompted VLM.
+
+    The kind is read from the checkpoint's config: BLIP / VisionEncoderDecoder by their
+    ``model_type``, prompted VLMs (BLIP-2, LLaVA, Qwen2-VL, SmolVLM, PaliGemma, Florence-2, ...) by
+    transformers' image-text-to-text Auto mapping. ``prompt`` .. ``revision`` apply to prompted VLMs.
+    """
 
     name: str = field(
         default="blip-tiny",
         metadata={
             "help": "a registered small config (blip-tiny, blip-small, ved-tiny, ved-small; built from "
             "scratch with a word tokenizer), or a Hugging Face hub id / local folder loaded with "
-            "from_pretrained (also a folder written by Captioner.save)"
+            "from_pretrained (also a folder written by Captioner.save): BLIP, VisionEncoderDecoder, or any "
+            "image-text-to-text model (AutoModelForImageTextToText)"
         },
     )
+    prompt: str | None = field(
+        default=None,
+        metadata={"help": "prompted VLMs: the instruction, e.g. 'Describe this image in one sentence.' "
+                          "(required for chat models; BLIP-2 may take none, PaliGemma 'caption en', "
+                          "Florence-2 '<MORE_DETAILED_CAPTION>')"},
+    )
+    prompt_file: str | None = field(
+        default=None, metadata={"help": "prompted VLMs: a text file holding the prompt instead, e.g. "
+                                        "configs/prompts/caption/short.txt"})
+    chat_template: str = field(
+        default="auto", metadata={"help": "prompted VLMs: auto (wrap the prompt in the processor's chat "
+                                          "template when it has one) or none (send the prompt as it is)"})
+    dtype: str = field(
+        default="auto", metadata={"help": "prompted VLMs: float32, bfloat16, float16, or auto (bfloat16 on "
+                                          "CUDA with precision=bf16, else float32)"})
+    device_map: str | None = field(
+        default=None, metadata={"help": "prompted VLMs: from_pretrained's device_map (e.g. auto, to spread a "
+                                        "large model over this machine's GPUs); null: the run's device"})
+    revision: str | None = field(
+        default=None, metadata={"help": "hub revision (branch, tag or commit) of a prompted VLM"})
     image_size: int | None = field(
         default=None,
         metadata={"help": "input resolution for a registered config; None keeps the config's own"},

@@ -136,7 +136,7 @@ def test_nothing_kept_is_dropped_or_flagged(policy):
                   synthetic=[["x"]], web_scores=[0.1], synthetic_scores=[[0.2]])
     provenance = {"captioner": {"name": "c"}, "filter": {"name": "f", "mode": "itm"}, "seed": 0}
     (out,) = list(decide_stage(iter([batch]), ABS, Selection(nothing_kept=policy), provenance))
-    assert out["__drop__"] is (policy == "drop") and "txt" not in out and out["png"] == b"PNG"
+    assert out["__drop__"] is (policy == "drop") and out["txt"] == "junk" and out["png"] == b"PNG"  # the web caption
     block = out["json"]["mmw2s"]
     assert block["nothing_kept"] and block["chosen"] is None and block["chosen_source"] is None
     assert block["threshold"] == {"mode": "absolute", "web": 0.5, "synthetic": 0.5} and block["seed"] == 0
@@ -284,7 +284,7 @@ def test_output_contract(world, tiny_models, reference):
         assert block["threshold"] == {"mode": "absolute", "web": 0.5, "synthetic": 0.5}
         assert 0.0 <= block["web_score"] <= 1.0 and block["web_kept"] == (block["web_score"] >= 0.5)
         if block["chosen"] is None:
-            assert block["nothing_kept"] and "txt" not in members
+            assert block["nothing_kept"] and members["txt"].decode() == inputs[key]["caption"]  # flag: web caption
         else:
             assert members["txt"].decode() == block["chosen"] and block["chosen_source"] in ("web", "synthetic")
     stats = json.loads((out / "shards" / "00000_stats.json").read_text())

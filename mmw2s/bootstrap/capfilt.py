@@ -4,12 +4,15 @@
 `models.BlipItmFilter` for ITM / ITC) and offers:
 
 - `preprocessor`: PIL images -> CPU tensors for both models; it runs in data-loader workers, so it
-  holds only image processors, never a model, and never touches the GPU;
+  holds only processors (the captioner's `input_builder()`: pixels for BLIP / VED, prompt ids +
+  pixels for a prompted VLM), never a model, and never touches the GPU;
 - `caption(inputs, seed)`: N synthetic captions per image, seeded per batch (N = 0: no captioner
   at all, the web captions are only filtered, the "filtered" baseline);
 - `score(inputs, texts)`: a score per (image, candidate caption), each image encoded ONCE for its
   web caption and all its synthetic captions (the models API's `score_candidates` repeats the
-  image per candidate, which multiplies the vision tower's cost by N + 1).
+  image per candidate, which multiplies the vision tower's cost by N + 1). The rows also say which
+  captions the filter truncated to its own text length (`ScoredRows.truncated`): long VLM captions
+  are scored on their first tokens only, and the stats count how often.
 """
 from __future__ import annotations
 
@@ -20,21 +23,31 @@ from typing import Any
 import torch
 
 from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.errors import StageError
+
+
+class ScoredRows(list):
+    """Scores per image (a list of lists, as `ScoreFn` returns), plus `truncated`: per image, for
+    each candidate, whether the filter saw it cut to its text length."""
+
+    def __init__(self, rows: list[list[float]], truncated: list[list[bool]]):
+        super().__init__(rows)
+        self.truncated = truncated
 
 
 class Preprocessor:
-    """Images -> `{"captioner": (B,3,H,W), "filter": (B,3,H',W')}` float CPU tensors."""
+    """Images -> `{"captioner": {name: tensor}, "filter": (B,3,H',W')}` CPU tensors."""
 
-    def __init__(self, captioner_processor: Any = None, filter_processor: Any = None, filter_transform: Any = None):
-        self.captioner_processor = captioner_processor  # None: no captioner (filter only)
+    def __init__(self, captioner_inputs: Any = None, filter_processor: Any = None, filter_transform: Any = None):
+        self.captioner_inputs = captioner_inputs  # the captioner's input_builder(); None: filter only
         self.filter_processor = filter_processor  # an HF image processor (BLIP ITM), or
         self.filter_transform = filter_transform  # a per-image torchvision transform (open_clip)
 
     def __call__(self, images: list) -> dict:
         rgb = [im.convert("RGB") for im in images]
         out = {}
-        if self.captioner_processor is not None:
-            out["captioner"] = self.captioner_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        if self.captioner_inputs is not None:
+            out["captioner"] = self.captioner_inputs(rgb)
         if self.filter_transform is not None:
             out["filter"] = torch.stack([self.filter_transform(im) for im in rgb])  # (B, 3, H, W)
         else:
@@ -53,18 +66,22 @@ class CapFilt:
         self.captioner_name, self.filter_name = names
         self.mode = filt.mode if kind == "blip" else "clip"
         for wrapper in (captioner, filt):
+            # a model spread over devices by from_pretrained(device_map=...) stays where it was put
+            if wrapper is not None and not getattr(wrapper.model, "hf_device_map", None):
+                wrapper.model.to(self.device)
             if wrapper is not None:
-                wrapper.model.to(self.device).eval()
-        image_processor = captioner.image_processor if captioner is not None else None
+                wrapper.model.eval()
+        inputs = captioner.input_builder() if captioner is not None else None
         if kind == "clip":
-            self.preprocessor = Preprocessor(image_processor, filter_transform=filt.preprocess_val)
+            self.preprocessor = Preprocessor(inputs, filter_transform=filt.preprocess_val)
         else:
-            self.preprocessor = Preprocessor(image_processor, filter_processor=filt.image_processor)
+            self.preprocessor = Preprocessor(inputs, filter_processor=filt.image_processor)
 
     @classmethod
     def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
         """Load the captioner and filter a config names (hub ids, local folders, saved models)."""
         from models import build_captioner, build_filter, list_captioners
+        from models.vlm_captioner import CaptionerLoadError
 
         generate = cfg.decoding.num_captions > 0
         for what, name in (("captioner.name", cfg.captioner.name if generate else None),
@@ -72,7 +89,12 @@ class CapFilt:
             if name in list_captioners():
                 raise ValueError(f"{what}={name!r} names an untrained from-scratch config; bootstrap needs "
                                  "trained weights: a hub id or a folder saved by `mmw2s train`")
-        captioner = build_captioner(cfg.captioner) if generate else None
+        # `captioner.dtype=auto` of a prompted VLM: bf16 weights where the run autocasts to bf16
+        bf16 = cfg.precision == "bf16" and torch.device(device).type == "cuda"
+        try:
+            captioner = build_captioner(cfg.captioner, auto_dtype="bfloat16" if bf16 else "float32") if generate else None
+        except CaptionerLoadError as exn:
+            raise StageError(f"captioner: {exn}") from None
         spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
         filt = build_filter(spec)
         if cfg.filter.kind == "clip":
@@ -84,7 +106,10 @@ class CapFilt:
 
     def provenance(self, cfg: BootstrapConfig) -> dict:
         """The fixed fields of every sample's `mmw2s` block."""
-        return {"captioner": {"name": self.captioner_name, "decoding": asdict(self.decoding)},
+        captioner = {"name": self.captioner_name, "decoding": asdict(self.decoding)}
+        if hasattr(self.captioner, "provenance"):  # prompted VLMs: prompt, chat template, revision
+            captioner.update(self.captioner.provenance())
+        return {"captioner": captioner,
                 "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
 
     def _autocast(self):
@@ -98,14 +123,13 @@ class CapFilt:
         d = self.decoding
         if self.captioner is None:
             return [[] for _ in range(len(inputs["filter"]))]
-        pixels = inputs["captioner"].to(self.device, non_blocking=True)
         with self._autocast():
-            return self.captioner.generate(
-                pixels, num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
+            return self.captioner.caption(
+                inputs["captioner"], num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
                 max_new_tokens=d.max_new_tokens, min_new_tokens=d.min_new_tokens, seed=seed)
 
     @torch.inference_mode()
-    def score(self, inputs: dict, texts: list[list[str]]) -> list[list[float]]:
+    def score(self, inputs: dict, texts: list[list[str]]) -> ScoredRows:
         """The filter score of every candidate caption of every image, in the given order."""
         pixels = inputs["filter"].to(self.device, non_blocking=True)  # (B, 3, H, W)
         counts = torch.tensor([len(t) for t in texts], device=self.device)
@@ -113,22 +137,27 @@ class CapFilt:
         flat = [t for row in texts for t in row]
         with self._autocast():
             if self.kind == "clip":
-                scores = self._clip(pixels, flat, owner)
-            elif self.mode == "itc":
-                scores = self.filter.itc_similarity(pixels, flat)[owner, torch.arange(len(flat))]  # (T,)
+                tokens = self.filter.tokenize(flat)  # (T, context_length)
+                scores = self._clip(pixels, tokens, owner)
+                cut = (tokens[:, -1] != _pad_id(self.filter.tokenizer)).tolist()  # filled the context: cut
             else:
-                scores = self._itm(pixels, flat, owner)
+                if self.mode == "itc":
+                    scores = self.filter.itc_similarity(pixels, flat)[owner, torch.arange(len(flat))]  # (T,)
+                else:
+                    scores = self._itm(pixels, flat, owner)
+                cut = [len(ids) > self.filter.max_length for ids in self.filter.tokenizer(flat)["input_ids"]]
         values = scores.float().cpu().tolist()
-        out, start = [], 0
+        out, truncated, start = [], [], 0
         for n in counts.tolist():
             out.append(values[start:start + n])
+            truncated.append(cut[start:start + n])
             start += n
-        return out
+        return ScoredRows(out, truncated)
 
-    def _clip(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> torch.Tensor:
+    def _clip(self, pixels: torch.Tensor, tokens: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """CLIP score: cosine of each text with its image, the image encoded once."""
         image = self.filter.encode_image(pixels)  # (B, D), normalized
-        text = self.filter.encode_text(texts)  # (T, D), normalized
+        text = self.filter.encode_text(tokens)  # (T, D), normalized
         return (image[owner] * text).sum(dim=-1)  # (T,)
 
     def _itm(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> torch.Tensor:
@@ -144,3 +173,9 @@ class CapFilt:
         hidden = model.text_encoder(**tokens, encoder_hidden_states=states,
                                     encoder_attention_mask=atts).last_hidden_state  # (T, L, D)
         return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """open_clip's padding id: 0 for its own BPE tokenizer, the HF tokenizer's for `hf-hub:` towers."""
+    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) else 0

@@ -88,7 +88,8 @@ class SelectionConfig:
                                                "synthetic_first: the best kept synthetic, else web"})
     nothing_kept: Literal["drop", "flag"] = field(
         default="drop", metadata={"help": "a sample with no kept caption is dropped (counted), or written "
-                                          "without .txt and with mmw2s.nothing_kept=true"})
+                                          "with its web caption as .txt (every sample a trainer reads has "
+                                          "one) and mmw2s.nothing_kept=true, chosen=null in its .json"})
 
 
 @dataclass
@@ -129,6 +130,27 @@ class BootstrapConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+        validate_captioner(self.captioner)
         self.decoding.validate()
         self.filter.validate()
         self.thresholds.validate()
+
+def validate_captioner(spec: CaptionerSpec) -> None:
+    """Check a prompted VLM's settings, and read `prompt_file` into `prompt`: the prompt text then
+    enters config.yaml and the run fingerprint, so an edited prompt file cannot mix two prompts
+    in one run folder."""
+    from pathlib import Path
+
+    if spec.chat_template not in ("auto", "none"):
+        raise ValueError(f"captioner.chat_template must be auto or none, got {spec.chat_template!r}")
+    if spec.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"captioner.dtype must be auto, float32, bfloat16 or float16, got {spec.dtype!r}")
+    if spec.prompt_file is None:
+        return
+    path = Path(spec.prompt_file)
+    if not path.is_file():
+        raise ValueError(f"captioner.prompt_file={spec.prompt_file}: no such file")
+    text = path.read_text(encoding="utf-8").strip()
+    if spec.prompt is not None and spec.prompt.strip() != text:
+        raise ValueError(f"captioner.prompt and captioner.prompt_file={spec.prompt_file} disagree: set one")
+    spec.prompt = text

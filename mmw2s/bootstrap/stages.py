@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -40,6 +41,7 @@ class Batch:
     synthetic: list[list[str]] | None = None  # per sample: N synthetic captions
     web_scores: list[float] | None = None
     synthetic_scores: list[list[float]] | None = None
+    truncated: list[list[bool]] | None = None  # per sample: [web, *synthetic] cut by the filter
 
     @property
     def keys(self) -> list[str]:
@@ -47,11 +49,18 @@ class Batch:
 
     def pin_memory(self) -> "Batch":
         """Page-locked input tensors (the DataLoader calls this with `pin_memory=True`)."""
-        self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
+        self.inputs = {k: _pinned(v) for k, v in self.inputs.items()}
         return self
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+def _pinned(value: Any) -> Any:
+    """A tensor, or a dict of them (a prompted VLM's processor output), in page-locked memory."""
+    if isinstance(value, dict):
+        return {k: _pinned(v) for k, v in value.items()}
+    return value.pin_memory() if hasattr(value, "pin_memory") else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +151,7 @@ def score_stage(items: Iterable[Any], score: ScoreFn) -> Iterator[Any]:
                 raise RuntimeError("the filter returned a score table of the wrong shape")
             item.web_scores = [float(r[0]) for r in rows]
             item.synthetic_scores = [[float(x) for x in r[1:]] for r in rows]
+            item.truncated = getattr(rows, "truncated", None)  # `capfilt.ScoredRows` says, a fake need not
         yield item
 
 
@@ -154,7 +164,32 @@ class Selection:
     """Which kept caption trains (`web_first`, `best`, `synthetic_first`), and what to do when none is."""
 
     choose: str = "web_first"
-    nothing_kept: str = "drop"  # "drop" the sample, or "flag" it (written without a .txt)
+    nothing_kept: str = "drop"  # "drop" the sample, or "flag" it (.txt = its web caption, json says so)
+
+
+INVALID_REASONS = ("empty", "special_tokens", "prompt")
+_MARKUP_ONLY = re.compile(r"(?:\s*<[^<>\s]+>)+\s*")
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+def invalid_caption(caption: str, prompt: str | None = None) -> str | None:
+    """Why a synthetic caption can never be kept, or None.
+
+    `empty`: no word at all (nothing, whitespace, newlines, lone punctuation: what a captioner that
+    ends at once or emits only special tokens leaves after decoding); `special_tokens`: nothing but
+    `<...>` markup such as `<loc0042>`; `prompt`: the prompt echoed back, word for word.
+    """
+    text = caption.strip()
+    if _MARKUP_ONLY.fullmatch(text):
+        return "special_tokens"
+    if not _words(text):
+        return "empty"
+    if prompt and _words(text) == _words(prompt):
+        return "prompt"
+    return None
 
 
 def _score(value: float) -> float | None:
@@ -163,11 +198,21 @@ def _score(value: float) -> float | None:
 
 
 def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthetic_scores: Sequence[float],
-           thresholds: Thresholds, selection: Selection) -> dict:
-    """The decision fields of one sample's `mmw2s` block (everything but provenance)."""
+           thresholds: Thresholds, selection: Selection, prompt: str | None = None,
+           truncated: Sequence[bool] | None = None) -> dict:
+    """The decision fields of one sample's `mmw2s` block (everything but provenance).
+
+    A synthetic caption that `invalid_caption` rejects is never kept, whatever its score, and says
+    why under `invalid`. `truncated` ([web, *synthetic]) counts the captions the filter cut.
+    """
     web_kept = math.isfinite(web_score) and web_score >= thresholds.web
-    syn = [{"caption": c, "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
-           for c, s in zip(synthetic, synthetic_scores)]
+    syn = []
+    for c, s in zip(synthetic, synthetic_scores):
+        entry = {"caption": c, "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
+        reason = invalid_caption(c, prompt)
+        if reason:
+            entry.update(kept=False, invalid=reason)
+        syn.append(entry)
     kept_syn = [x for x in syn if x["kept"]]
     best_syn = max(kept_syn, key=lambda x: x["score"], default=None)  # first of equals wins
     web = {"caption": web_caption, "score": web_score} if web_kept else None
@@ -184,6 +229,7 @@ def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthet
         "chosen_source": source,
         "chosen_score": pick["score"] if pick else None,
         "nothing_kept": pick is None,
+        "filter_truncated": sum(bool(t) for t in truncated or ()),
     }
 
 
@@ -192,22 +238,26 @@ def decide_stage(items: Iterable[Any], thresholds: Thresholds, selection: Select
     """Turn each `Batch` into output samples, one per input sample, in order.
 
     An output sample has `__key__`, `__url__` (its input shard), `__drop__` (nothing kept and
-    `nothing_kept == "drop"`), the image bytes under their original extension, `txt` = the chosen
-    caption (absent when nothing was kept) and `json` = the input fields plus the `mmw2s` block.
-    `provenance` holds the block's fixed fields (captioner, filter, seed).
+    `nothing_kept == "drop"`), the image bytes under their original extension, `txt` and `json` =
+    the input fields plus the `mmw2s` block. `txt` is the chosen caption; a flagged sample (nothing
+    kept, `nothing_kept == "flag"`) keeps its web caption there, so that every written sample has
+    a `.txt` (`wds.WebDataset(url).to_tuple("jpg", "txt")` reads every shard), and its JSON says
+    `nothing_kept: true`, `chosen: null`. `provenance` holds the block's fixed fields (captioner,
+    filter, seed); its `captioner.prompt`, if any, is what `invalid_caption` compares against.
     """
+    prompt = (provenance.get("captioner") or {}).get("prompt")
     for item in items:
         if not isinstance(item, Batch):
             yield item
             continue
         for i, sample in enumerate(item.samples):
             block = decide(sample["caption"], item.web_scores[i], item.synthetic[i],
-                           item.synthetic_scores[i], thresholds, selection)
+                           item.synthetic_scores[i], thresholds, selection, prompt=prompt,
+                           truncated=item.truncated[i] if item.truncated else None)
             block.update(provenance, threshold=thresholds.record())
             out = {"__key__": sample["__key__"], "__url__": item.url,
                    "__drop__": block["nothing_kept"] and selection.nothing_kept == "drop",
                    sample["image_ext"]: sample["image_bytes"],
                    "json": {**sample["json"], "mmw2s": block}}
-            if block["chosen"] is not None:
-                out["txt"] = block["chosen"]
+            out["txt"] = block["chosen"] if block["chosen"] is not None else sample["caption"]
             yield out

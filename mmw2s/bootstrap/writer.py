@@ -48,6 +48,8 @@ class ShardTally:
     dropped: int = 0
     web_scores: list[float] = field(default_factory=list)
     synthetic_scores: list[float] = field(default_factory=list)
+    synthetic_invalid: Counter = field(default_factory=Counter)  # by reason: empty, special_tokens, prompt
+    filter_truncated: int = 0  # captions (web or synthetic) the filter cut to its text length
 
     def add(self, sample: dict) -> None:
         """Count one decided output sample."""
@@ -63,6 +65,8 @@ class ShardTally:
         if block["web_score"] is not None:
             self.web_scores.append(block["web_score"])
         self.synthetic_scores += [s["score"] for s in block["synthetic"] if s["score"] is not None]
+        self.synthetic_invalid.update(s["invalid"] for s in block["synthetic"] if s.get("invalid"))
+        self.filter_truncated += block.get("filter_truncated", 0)
 
     def stats(self, end: ShardEnd, extra: dict) -> dict:
         """The `{shard}_stats.json` content (img2dataset's `count`/`successes` included)."""
@@ -76,6 +80,8 @@ class ShardTally:
             "web_kept": self.web_kept, "synthetic": self.synthetic, "synthetic_kept": self.synthetic_kept,
             "chosen_web": self.chosen["web"], "chosen_synthetic": self.chosen["synthetic"],
             "nothing_kept": self.nothing_kept, "dropped": self.dropped, "written": self.written,
+            "synthetic_invalid": sum(self.synthetic_invalid.values()),
+            "synthetic_invalid_by_reason": dict(self.synthetic_invalid), "filter_truncated": self.filter_truncated,
             "web_score_quantiles": quantiles(self.web_scores),
             "synthetic_score_quantiles": quantiles(self.synthetic_scores),
             "seconds": round(seconds, 3),
