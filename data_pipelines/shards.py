@@ -1,41 +1,45 @@
 """Shard I/O: the one module of mmw2s that touches webdataset (its API churns; change it here).
 
 Reading: `expand_urls` turns brace patterns, globs, folders, `pipe:` commands and fsspec URLs into a
-list of shard URLs; `shard_events` streams each shard's samples, decoded and checked, followed by one
-`ShardEnd` with that shard's counts. Skipped samples travel in the stream as `Skip` records so that
-counts stay right when the stream is produced in DataLoader worker processes.
+list of shard URLs; `shard_events` (`tar_reader.py`) streams each shard's samples, decoded and
+checked (`sample_decode.py`), followed by one `ShardEnd` with that shard's counts. Skipped samples
+travel in the stream as `Skip` records so that counts stay right when the stream is produced in
+DataLoader worker processes. No sample can stop a stream: whatever fails while decoding one is its
+skip reason; a failure that is not a sample's (a bug, a full disk) stops it as a `ShardError`
+naming the shard.
 
 Untrusted shards are data: only image, text and JSON members are read and decoded. Any other member
 (`.pyd`, `.pickle`, `.pth`, ...) is counted and never read, let alone unpickled.
 
 Writing: `ShardWriter` writes `NAME.tar.partial`, renames it to `NAME.tar` when closed, and writes
-`NAME_stats.json` last: a shard whose stats exist is complete.
+`NAME_stats.json` last: a shard whose stats exist is complete. Member names are always safe
+(`is_safe_key`) and JSON is always strict (no bare NaN or Infinity).
 """
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import os
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import braceexpand
 import webdataset as wds
-from PIL import Image
-from webdataset import tariterators
+
+from data_pipelines.sample_decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, JSON_EXTS, READ_EXTS, TEXT_EXTS,
+                                          ReadLimits, Skip, clip_text, decode_sample, is_safe_key, safe_key,
+                                          strict_json_value, viewed_rgb)
+from data_pipelines.tar_reader import TAR_SUFFIXES, ShardEnd, open_shard, shard_events, shard_name
+
+__all__ = ["clip_text", "DEFAULT_MAX_PIXELS", "IMAGE_EXTS", "JSON_EXTS", "READ_EXTS", "TEXT_EXTS", "ReadLimits", "Skip",
+           "ShardEnd", "ShardError", "decode_sample", "is_safe_key", "safe_key", "strict_json_value",
+           "viewed_rgb", "open_shard", "shard_events", "shard_name", "expand_urls", "iter_samples",
+           "event_pipeline", "event_loader", "RecordLoader", "ShardWriter", "stats_path", "is_complete",
+           "complete_with", "OtherSettings", "write_json_atomic", "strict_json_dumps", "CurrentShard"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-TEXT_EXTS = ("txt",)
-JSON_EXTS = ("json",)
-READ_EXTS = frozenset(IMAGE_EXTS + TEXT_EXTS + JSON_EXTS)
-DEFAULT_MAX_PIXELS = 4096 * 4096
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -47,7 +51,8 @@ def expand_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
     """Expand a shard spec into URLs, in order.
 
     Accepts a list, or a string of `::`-separated parts, each a brace pattern
-    (`shards/{00000..00009}.tar`), a glob (`shards/*.tar`), a folder (all its `*.tar`), a `pipe:`
+    (`shards/{00000..00009}.tar`), a glob (`shards/*.tar`), a folder (all its `*.tar`, `*.tar.gz`,
+    `*.tgz`, `*.tar.bz2`, `*.tar.xz`, ... in name order: what `tarfile` reads), a `pipe:`
     command or a remote/fsspec URL (`s3://...`, `gs://...`). Raises `FileNotFoundError` when a
     local part matches nothing.
     """
@@ -63,9 +68,10 @@ def _expand_one(url: str) -> list[str]:
     if url.startswith("pipe:") or "://" in url:
         return [url]
     if os.path.isdir(url):
-        found = sorted(glob.glob(os.path.join(url, "*.tar")))
+        found = sorted(os.path.join(url, name) for name in os.listdir(url)
+                       if name.endswith(TAR_SUFFIXES) and os.path.isfile(os.path.join(url, name)))
         if not found:
-            raise FileNotFoundError(f"no .tar shards in folder {url}")
+            raise FileNotFoundError(f"no .tar (or .tar.gz, .tgz, ...) shards in folder {url}")
         return found
     if glob.has_magic(url):
         found = sorted(glob.glob(url))
@@ -75,212 +81,6 @@ def _expand_one(url: str) -> list[str]:
     if not os.path.exists(url):
         raise FileNotFoundError(f"shard not found: {url}")
     return [url]
-
-
-def shard_name(url: str) -> str:
-    """`/a/b/00003.tar` -> `00003` (the img2dataset shard id, used for outputs and stats)."""
-    if url.startswith("pipe:"):
-        # `pipe:aws s3 cp s3://b/00001.tar -`: the shard is the command's argument naming a tar.
-        tars = [w for w in url[len("pipe:"):].split() if ".tar" in w]
-        url = tars[-1] if tars else url
-    base = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-    for ext in (".tar.gz", ".tgz", ".tar"):
-        if base.endswith(ext):
-            return base[: -len(ext)]
-    return base
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-
-
-@dataclass
-class ReadLimits:
-    """What a sample must satisfy to be yielded; the rest is skipped and counted."""
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    decode_images: bool = True
-    require_caption: bool = True
-
-
-@dataclass
-class Skip:
-    """A sample that was skipped, and why (`corrupt_image`, `no_image`, `no_caption`, ...)."""
-    url: str
-    key: str
-    reason: str
-    detail: str = ""
-
-
-@dataclass
-class ShardEnd:
-    """The last record of each shard: its counts, and whether the tar was damaged."""
-    url: str
-    samples: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    ignored_members: int = 0
-    damaged: str | None = None
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.url)
-
-
-def open_shard(url: str):
-    """Open a shard for reading: local path, `pipe:` command, or any fsspec URL."""
-    if url.startswith("pipe:"):
-        return wds.gopen(url, "rb")
-    if "://" in url and not url.startswith("file://"):
-        import fsspec  # only needed for remote storage
-
-        return fsspec.open(url, "rb").open()
-    return open(url.removeprefix("file://"), "rb")
-
-
-class _TailTracker:
-    """A read-only stream wrapper that remembers the last bytes read (to detect truncation)."""
-
-    TAIL = 1024  # a tar ends with two 512-byte zero blocks
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self._tail = b""
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        if data:
-            self._tail = (self._tail + data[-self.TAIL:])[-self.TAIL:]
-        return data
-
-    def ended_cleanly(self) -> bool:
-        while self.read(1 << 16):  # drain the record padding after the marker
-            pass
-        return len(self._tail) == self.TAIL and not self._tail.strip(b"\0")
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-class _MemberFilter:
-    """Selects the members we decode; counts the others without reading them."""
-
-    def __init__(self) -> None:
-        self.ignored = 0
-
-    def __call__(self, fname: str) -> bool:
-        ext = fname.rsplit(".", 1)[-1].lower() if "." in fname else ""
-        if ext in READ_EXTS:
-            return True
-        self.ignored += 1
-        return False
-
-
-def shard_events(url: str, limits: ReadLimits = ReadLimits()) -> Iterator[dict | Skip | ShardEnd]:
-    """Stream one shard: decoded sample dicts and `Skip` records, then one `ShardEnd`.
-
-    A damaged tar (truncated, corrupt header) yields the samples before the break; the `ShardEnd`
-    names the damage. An unreadable URL is a damaged shard with no samples.
-    """
-    end = ShardEnd(url=url)
-    errors: list[str] = []
-
-    def note(exn: Exception) -> bool:
-        errors.append(f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
-        return False  # stop reading this shard; the next shard goes on
-
-    members = _MemberFilter()
-    skipped: Counter = Counter()
-    try:
-        stream = open_shard(url)
-    except Exception as exn:  # noqa: BLE001 - a missing or unreadable shard is reported, not fatal
-        note(exn)
-        stream = None
-    if stream is not None:
-        stream = _TailTracker(stream)
-        try:
-            files = tariterators.tar_file_expander(
-                [{"url": url, "stream": stream}], handler=note, select_files=members)
-            for raw in tariterators.group_by_keys(files, handler=note):
-                item = decode_sample(raw, limits)
-                if isinstance(item, Skip):
-                    skipped[item.reason] += 1
-                else:
-                    end.samples += 1
-                yield item
-            if not errors and not stream.ended_cleanly():
-                # tarfile stops silently at a truncated header; the missing end-of-archive
-                # marker is how a cut-off download shows.
-                errors.append("truncated: the tar ends without its end-of-archive marker")
-        finally:
-            try:
-                stream.close()
-            except Exception as exn:  # noqa: BLE001 - e.g. a `pipe:` command that exited non-zero
-                note(exn)
-    end.skipped = dict(skipped)
-    end.ignored_members = members.ignored
-    end.damaged = "; ".join(errors) or None
-    if end.damaged:
-        log.warning("shard %s is damaged after %d samples: %s", url, end.samples, end.damaged)
-    if skipped:
-        log.warning("shard %s: skipped %s", url, dict(skipped))
-    yield end
-
-
-def decode_sample(raw: dict, limits: ReadLimits) -> dict | Skip:
-    """Decode one grouped tar sample into our sample dict, or say why it is skipped.
-
-    Returns `{"__key__", "__url__", "image" (PIL RGB or None), "image_bytes", "image_ext",
-    "caption", "json"}`. Only image/text/JSON bytes are looked at.
-    """
-    url, key = raw.get("__url__", ""), raw.get("__key__", "")
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    if ext is None:
-        return Skip(url, key, "no_image")
-    try:
-        meta = json.loads(raw["json"]) if "json" in raw else {}
-        if not isinstance(meta, dict):
-            raise ValueError("top level is not an object")
-    except (ValueError, UnicodeDecodeError) as exn:
-        return Skip(url, key, "bad_json", str(exn))
-    caption = _caption(raw, meta)
-    if caption is None and limits.require_caption:
-        return Skip(url, key, "no_caption")
-    image = None
-    if limits.decode_images:
-        image = _decode_image(raw[ext], limits.max_pixels)
-        if isinstance(image, str):
-            reason, detail = image.split(":", 1)
-            return Skip(url, key, reason, detail.strip())
-    return {"__key__": key, "__url__": url, "image": image, "image_bytes": raw[ext],
-            "image_ext": ext, "caption": caption, "json": meta}
-
-
-def _caption(raw: dict, meta: dict) -> str | None:
-    if "txt" in raw:
-        try:
-            text = raw["txt"].decode("utf-8").strip()
-        except UnicodeDecodeError:
-            text = ""
-        if text:
-            return text
-    text = meta.get("caption")
-    return text.strip() if isinstance(text, str) and text.strip() else None
-
-
-def _decode_image(data: bytes, max_pixels: int) -> Image.Image | str:
-    """A fully loaded RGB image, or `"reason: detail"`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            # Check the header's size before decoding the pixels: a bomb is never decoded.
-            if image.width * image.height > max_pixels:
-                return f"too_large: {image.width}x{image.height} > {max_pixels} pixels"
-            image.load()
-        return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:
-        return f"too_large: {exn}"
-    except Exception as exn:  # noqa: BLE001 - PIL raises many types for bad bytes
-        return f"corrupt_image: {type(exn).__name__}: {exn}"
 
 
 def iter_samples(urls: str | Iterable[str], limits: ReadLimits = ReadLimits(),
@@ -303,6 +103,42 @@ def _events_stage(src: Iterable[dict], limits: ReadLimits) -> Iterator[Any]:
         yield from shard_events(item["url"], limits)
 
 
+class ShardError(RuntimeError):
+    """A failure that is no sample's fault (a bug, a full disk), raised with the shard it hit."""
+
+
+def _record_url(record: Any) -> str | None:
+    if isinstance(record, dict):
+        return record.get("__url__") or record.get("url")  # a sample, or an entry of the shard list
+    return getattr(record, "url", None)  # Skip, ShardEnd, and stage records such as batches
+
+
+class CurrentShard:
+    """Names the shard in a failure that stops a stream of records.
+
+    `track(records)` goes right after the reader and remembers the shard of the last record read;
+    `guard(records)` goes last and re-raises any failure of the stages in between (which pass one
+    record on at a time) as a `ShardError` naming that shard, the original chained.
+    """
+
+    def __init__(self, what: str = "reading") -> None:
+        self.what = what
+        self.url: str | None = None
+
+    def track(self, records: Iterable[Any]) -> Iterator[Any]:
+        for record in records:
+            self.url = _record_url(record) or self.url
+            yield record
+
+    def guard(self, records: Iterable[Any]) -> Iterator[Any]:
+        try:
+            yield from records
+        except ShardError:
+            raise
+        except Exception as exn:  # noqa: BLE001 - re-raised, with the shard named
+            raise ShardError(f"stopped while {self.what} shard {self.url}: {type(exn).__name__}: {exn}") from exn
+
+
 def event_pipeline(urls: list[str], limits: ReadLimits = ReadLimits(),
                    stages: Iterable[Callable] = (), repeat: bool = False) -> wds.DataPipeline:
     """An `IterableDataset` over `shard_events` of `urls`, shards split across DataLoader workers.
@@ -315,7 +151,19 @@ def event_pipeline(urls: list[str], limits: ReadLimits = ReadLimits(),
     shards = wds.SimpleShardList(list(urls))
     pipeline = [_cycle(shards) if repeat else shards, wds.split_by_worker,
                 lambda src: _events_stage(src, limits), *stages]
-    return wds.DataPipeline(*pipeline)
+    return wds.DataPipeline(*pipeline[:2], *_named(pipeline[2:]))
+
+
+def _named(stages: list[Callable]) -> list[Callable]:
+    """`stages` between a `CurrentShard` tracker (of the shard list: the shard being read) and its
+    guard; a new tracker each time the pipeline is iterated (in each worker)."""
+    holder: dict[str, CurrentShard] = {}
+
+    def track(src: Iterable[Any]) -> Iterator[Any]:
+        holder["shard"] = CurrentShard()
+        return holder["shard"].track(src)
+
+    return [track, *stages, lambda src: holder["shard"].guard(src)]
 
 
 def _cycle(shards: wds.SimpleShardList) -> Callable[[], Iterator[dict]]:
@@ -408,11 +256,17 @@ def complete_with(shard_path: str | os.PathLike, fingerprint: str) -> bool:
     return True
 
 
+def strict_json_dumps(data: Any, **options: Any) -> str:
+    """`json.dumps` that only writes strict JSON: non-finite numbers as null (`strict_json_value`),
+    and `allow_nan=False` as a guard. Browsers, `jq` and other languages reject bare `NaN`."""
+    return json.dumps(strict_json_value(data), allow_nan=False, **options)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to `path` via a temporary file and a rename, so readers never see half a file."""
+    """Write (strict) JSON to `path` via a temporary file and a rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.write_text(strict_json_dumps(data, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
@@ -424,18 +278,23 @@ class ShardWriter:
     ...     w.close(stats={"count": 1})
 
     Members are written as given: bytes unchanged (images are never re-encoded), `str` as UTF-8,
-    dict/list as JSON. `mtime` is fixed so the same samples give byte-identical tars; it is stored in
+    dict/list as strict JSON (non-finite numbers as null). A key that is not a safe member name
+    (`is_safe_key`: relative, no `..`, plain characters) is refused: readers rename such keys. `mtime` is fixed so the same samples give byte-identical tars; it is stored in
     whole seconds, because a float mtime makes tarfile add a pax header to every member (twice the
     header blocks to write, and to parse on every later read). Leaving the `with` block without
     `close` (an exception, a kill) leaves only `NAME.tar.partial` behind.
+
+    A shard may be started twice at once (a Ray task re-run while its first process still
+    writes): only one writer at a time holds `NAME.tar.partial` (an `flock`, which the kernel
+    releases when its holder dies); the second waits, then writes the shard anew.
     """
 
     def __init__(self, path: str | os.PathLike, *, mtime: float = 0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        stats_path(self.path).unlink(missing_ok=True)  # an old stats file would mark us complete
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        self._file = open(self.partial, "wb")
+        self._file = _open_locked(self.partial)  # a second writer of this shard waits here
+        stats_path(self.path).unlink(missing_ok=True)  # an old stats file would mark us complete
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=int(mtime),
                                   user="mmw2s", group="mmw2s", mode=0o444)
         self.count = 0
@@ -445,6 +304,8 @@ class ShardWriter:
         """Add one sample: `__key__` plus members by extension (`jpg`, `txt`, `json`, ...)."""
         if "__key__" not in sample:
             raise ValueError("a sample needs a '__key__'")
+        if not isinstance(sample["__key__"], str) or not is_safe_key(sample["__key__"]):
+            raise ValueError(f"unsafe member name {sample['__key__']!r}: use safe_key() (the reader's name)")
         encoded = {k: _encode_member(k, v) for k, v in sample.items()
                    if not k.startswith("__") or k == "__key__"}
         self._tar.write(encoded)
@@ -453,9 +314,10 @@ class ShardWriter:
     def close(self, stats: dict | None = None) -> None:
         """Finish the tar, rename it into place, then write `NAME_stats.json`."""
         self._tar.close()
-        self._file.close()
-        os.replace(self.partial, self.path)
+        self._file.flush()
+        os.replace(self.partial, self.path)  # still holding the lock: no other writer sees this file
         write_json_atomic(stats_path(self.path), stats if stats is not None else {"count": self.count})
+        self._file.close()  # releases the lock
         self.closed = True
 
     def abort(self) -> None:
@@ -465,8 +327,8 @@ class ShardWriter:
                 self._tar.close()  # else tarfile's finaliser writes to the closed file later
             except (OSError, ValueError):
                 pass
+            self.partial.unlink(missing_ok=True)  # before the lock goes, as in `close`
             self._file.close()
-            self.partial.unlink(missing_ok=True)
             self.closed = True
 
     def __enter__(self) -> "ShardWriter":
@@ -477,11 +339,28 @@ class ShardWriter:
             self.abort()
 
 
+def _open_locked(path: Path):
+    """`path` opened for writing and emptied, once no other live writer holds its lock."""
+    import fcntl
+
+    while True:
+        file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), "wb")  # truncated once locked
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            same = os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            file.truncate(0)
+            return file
+        file.close()  # the last holder renamed or removed it meanwhile: lock what is at `path` now
+
+
 def _encode_member(key: str, value: Any) -> Any:
     if key == "__key__" or isinstance(value, (bytes, bytearray, memoryview)):
         return value
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return strict_json_dumps(value, ensure_ascii=False).encode("utf-8")
     raise TypeError(f"member '{key}' must be bytes, str, dict or list, got {type(value).__name__}")

@@ -16,9 +16,11 @@
   `consumed // N` batches before turning any image into a tensor, and the loader drops the
   `consumed % N` batches that complete the last round: the data continue exactly where the
   checkpoint left off, at the cost of re-reading (not re-processing) the consumed samples.
-- Skipped samples (corrupt, no caption, no text for the chosen source) and finished or damaged
-  shards are counted in the workers and ride along with the next batch (`batch["events"]`), so the
-  main process counts them exactly once; they never stop the run.
+- Skipped samples (corrupt, no caption, no text for the chosen source, or anything else that
+  fails on one sample's bytes) and finished or damaged shards are counted in the workers and ride
+  along with the next batch (`batch["events"]`, the first skips named by shard and key), so the
+  main process counts them exactly once; they never stop the run. A run whose shards give no
+  usable sample at all stops with a clear error instead of spinning.
 """
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
-from data_pipelines.shards import ReadLimits, ShardEnd, Skip, event_loader, expand_urls
+from data_pipelines.shards import ReadLimits, ShardEnd, Skip, clip_text, event_loader, expand_urls
 from mmw2s.train.texts import TextSelector
 
 ImagesToTensor = Callable[[list[Image.Image]], torch.Tensor]  # list of B PIL -> (B, 3, H, W)
+LISTED_SKIPS = 100  # skipped samples named (shard, key, reason) in the stats; the rest only counted
 
 
 @dataclass
@@ -47,10 +50,13 @@ class DataStats:
     skipped: Counter = field(default_factory=Counter)
     shards_read: int = 0
     damaged: list[str] = field(default_factory=list)
+    skipped_samples: list[dict] = field(default_factory=list)  # the first LISTED_SKIPS
 
     def add(self, events: dict) -> None:
         """Count the `events` that rode along with one batch."""
         self.skipped.update(events.get("skipped", {}))
+        room = LISTED_SKIPS - len(self.skipped_samples)
+        self.skipped_samples.extend(events.get("skipped_samples", [])[:max(room, 0)])
         self.shards_read += events.get("shards", 0)
         # a damaged shard shows up again on every pass over the data; name it once
         self.damaged.extend(u for u in events.get("damaged", []) if u not in self.damaged)
@@ -58,13 +64,15 @@ class DataStats:
     def to_dict(self) -> dict:
         """Plain data for `trainer_state.json`."""
         return {"samples": self.samples, "skipped": dict(self.skipped),
-                "shards_read": self.shards_read, "damaged": sorted(set(self.damaged))}
+                "shards_read": self.shards_read, "damaged": sorted(set(self.damaged)),
+                "skipped_samples": list(self.skipped_samples)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DataStats":
         """The inverse of `to_dict` (a resumed run keeps counting from the checkpoint)."""
         return cls(data.get("samples", 0), Counter(data.get("skipped", {})),
-                   data.get("shards_read", 0), list(data.get("damaged", [])))
+                   data.get("shards_read", 0), list(data.get("damaged", [])),
+                   list(data.get("skipped_samples", [])))
 
 
 def rank_shards(urls: list[str], rank: int, world: int,
@@ -95,10 +103,11 @@ class TrainStream:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = random.Random(f"mmw2s-train/{self.seed}/{self.rank}/{worker}")
-        stream: Iterable = _guard_empty(src, self.num_shards)
+        stream: Iterable = src
         if self.sample_split is not None:
             stream = _split_samples(stream, *self.sample_split)
-        stream = _select(stream, self.select, rng)
+        # after the text choice: shards whose samples all lack usable text must not spin either
+        stream = _guard_empty(_select(stream, self.select, rng), self.num_shards)
         stream = _shuffle(stream, rng, self.shuffle_buffer)
         yield from self._batches(stream, self.consumed // workers, worker)
 
@@ -109,6 +118,9 @@ class TrainStream:
         for item in stream:
             if isinstance(item, Skip):
                 events["skipped"][item.reason] += 1
+                if len(events["skipped_samples"]) < LISTED_SKIPS:
+                    events["skipped_samples"].append({"shard": item.url, "key": clip_text(item.key),
+                                                      "reason": item.reason, "detail": clip_text(item.detail)})
             elif isinstance(item, ShardEnd):
                 events["shards"] += 1
                 if item.damaged:
@@ -133,7 +145,7 @@ class TrainStream:
                  "weights": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
                  "keys": [s["__key__"] for s in samples],
                  "events": {"skipped": dict(events["skipped"]), "shards": events["shards"],
-                            "damaged": events["damaged"]}}
+                            "damaged": events["damaged"], "skipped_samples": events["skipped_samples"]}}
         if self.tokenize is not None:  # here, in a worker, rather than on the training thread
             batch["tokens"] = self.tokenize(texts)  # (B, L)
         return batch
@@ -145,19 +157,23 @@ def hash_seed(*parts: int) -> int:
 
 
 def _new_events() -> dict:
-    return {"skipped": Counter(), "shards": 0, "damaged": []}
+    return {"skipped": Counter(), "shards": 0, "damaged": [], "skipped_samples": []}
 
 
 def _guard_empty(src: Iterable, num_shards: int) -> Iterator:
-    """Pass events through; fail clearly when whole cycles of shards yield no sample at all."""
-    empty_ends = 0
+    """Pass events through; fail clearly when whole cycles of shards yield no usable sample at all
+    (unreadable, or without text for the chosen source), instead of reading them forever."""
+    empty_ends, usable = 0, 0
     for item in src:
         if isinstance(item, ShardEnd):
-            empty_ends = empty_ends + 1 if item.samples == 0 else 0
+            empty_ends = empty_ends + 1 if usable == 0 else 0
+            usable = 0
             if empty_ends > max(2 * num_shards, 2):
                 raise RuntimeError(
-                    f"no readable samples in {empty_ends} shards in a row (last: {item.url}, "
-                    f"damage: {item.damaged}); check the training shards")
+                    f"no readable samples with usable text in {empty_ends} shards in a row (last: "
+                    f"{item.url}, damage: {item.damaged}, skipped: {item.skipped}); check the training shards")
+        elif not isinstance(item, Skip):
+            usable += 1
         yield item
 
 
@@ -180,7 +196,11 @@ def _select(src: Iterable, select: TextSelector, rng: random.Random) -> Iterator
         if isinstance(item, (Skip, ShardEnd)):
             yield item
             continue
-        chosen = select(item, rng)
+        try:
+            chosen = select(item, rng)
+        except Exception as exn:  # noqa: BLE001 - a sample's odd JSON is that sample's skip reason
+            yield Skip(item["__url__"], item["__key__"], "text_error", clip_text(f"{type(exn).__name__}: {exn}"))
+            continue
         if chosen is None:
             yield Skip(item["__url__"], item["__key__"], "no_text")
             continue

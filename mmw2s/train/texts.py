@@ -16,6 +16,7 @@ is the only reader, and the config refuses `source=gold` unless `reads_truth: tr
 """
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Optional
 
@@ -66,7 +67,7 @@ class TextSelector:
         meta = public_meta(meta)
         if get_dotted(meta, "mmw2s.nothing_kept") is True:
             # A bootstrapped sample whose every caption the filter rejected (nothing_kept=flag) has
-            # no .txt; the reader's fallback to json["caption"] would be the rejected alt-text.
+            # its rejected web caption as .txt (so that every sample has one): never train on it.
             return None
         if source == "mix":
             return self._mix(meta, sample.get("caption"), rng)
@@ -78,8 +79,7 @@ class TextSelector:
     def _weight(self, meta: dict) -> float:
         if not self.cfg.weight_field:
             return 1.0
-        value = get_dotted(meta, self.cfg.weight_field)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1.0
+        return _score(get_dotted(meta, self.cfg.weight_field))
 
     def _mix(self, meta: dict, fallback: Optional[str],
              rng: random.Random) -> Optional[tuple[str, float]]:
@@ -106,10 +106,20 @@ def mix_pools(meta: dict, fallback: Optional[str],
     web = []
     if usable(block.get("web_caption"), block.get("web_kept")):
         web.append((block["web_caption"].strip(), _score(block.get("web_score"))))
-    synthetic = [(s["caption"].strip(), _score(s.get("score"))) for s in block.get("synthetic") or []
-                 if isinstance(s, dict) and usable(s.get("caption"), s.get("kept"))]
+    listed = block.get("synthetic")  # untrusted JSON: anything but a list holds no captions
+    synthetic = [(s["caption"].strip(), _score(s.get("score"))) for s in (listed if isinstance(listed, list) else [])
+                 if isinstance(s, dict) and usable(s.get("caption"), s.get("kept"))
+                 and not s.get("invalid")]  # empty / prompt echo: not a caption, kept or not
     return web, synthetic
 
 
 def _score(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1.0
+    """A filter score from untrusted JSON as a loss weight: 1.0 unless a finite number (an integer
+    of 400 digits does not fit a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return 1.0
+    try:
+        weight = float(value)
+    except OverflowError:
+        return 1.0
+    return weight if math.isfinite(weight) else 1.0
