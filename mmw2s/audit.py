@@ -155,7 +155,12 @@ def caption_accuracy(pairs: list[tuple[str, dict]]) -> dict:
             totals[name] = [a + b for a, b in zip(totals[name], counts)]
     attrs = {name: {"precision": _ratio(m, said), "recall": _ratio(m, true)}
              for name, (m, said, true) in totals.items()}
-    return {"captions": len(pairs), "exact_match": _ratio(exact, len(pairs)), "attributes": attrs}
+    from mmw2s.evaluate.metrics import caption_scores  # the captions suite's definition
+
+    rates = [caption_scores(c, t["scene"], t["gold_caption"])["hallucination_rate"]
+             for c, t in pairs if t.get("scene")]
+    return {"captions": len(pairs), "exact_match": _ratio(exact, len(pairs)), "attributes": attrs,
+            "hallucination_rate": round(sum(rates) / len(rates), 4) if rates else None}
 
 
 def _norm(text: str) -> str:

@@ -184,3 +184,38 @@ def plot_lines(xs: Sequence[object], series: Mapping[str, Sequence[tuple[float |
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(plt, fig, ax, path)
+
+
+def plot_panels(xs: Sequence[object],
+                panels: Sequence[tuple[str, str, Mapping[str, Sequence[tuple[float | None, float | None]]]]],
+                path: Path, xlabel: str) -> Path:
+    """A 2-column grid of line panels sharing the x values: `(title, ylabel, series)` each, the
+    series as in `plot_lines` (mean, std) points; empty panels say so instead of staying blank."""
+    plt = _pyplot()
+    rows = max(1, math.ceil(len(panels) / 2))
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.4 * rows), squeeze=False)
+    positions = list(range(len(xs)))
+    for ax, (title, ylabel, series) in zip(axes.flat, panels):
+        drawn = False
+        for name, points in series.items():
+            px = [x for x, (m, _) in zip(positions, points) if m is not None]
+            py = [m for m, _ in points if m is not None]
+            errs = [s or 0.0 for m, s in points if m is not None]
+            if px:
+                ax.errorbar(px, py, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks(positions)
+        ax.set_xticklabels([str(x) for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 STUDENT_DATA = ("web", "filtered", "bootstrapped", "gold")
-Student = Literal["web", "filtered", "bootstrapped", "gold"]
+# A student is named by its training data; `captioner_` names a captioning student (task=captioner,
+# evaluated on the captions suite and by likelihood on the zero-shot suites) instead of a CLIP one.
+CAPTIONER_STUDENTS = tuple(f"captioner_{d}" for d in STUDENT_DATA)
+Student = Literal["web", "filtered", "bootstrapped", "gold", "captioner_web", "captioner_filtered",
+                  "captioner_bootstrapped", "captioner_gold"]
 
 
 @dataclass
@@ -57,7 +61,12 @@ class ExperimentConfig:
         "help": "keys of `mmw2s train` shared by every student: equal budgets"})
     students: list[Student] = field(default_factory=lambda: list(STUDENT_DATA), metadata={
         "help": "students to train: web (raw alt-text, baseline), filtered (filter-only ablation), "
-                "bootstrapped (captioner + filter), gold (ceiling: the only reader of the truth)"})
+                "bootstrapped (captioner + filter), gold (ceiling: the only reader of the truth) are "
+                "CLIP students; captioner_web, captioner_filtered, captioner_bootstrapped and "
+                "captioner_gold the captioning students trained on the same data"})
+    captioner_student: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keys of `mmw2s train` shared by every captioning student, over weak_captioner's "
+                "(e.g. captioner.name: ved-mit-small, steps): equal budgets"})
     bootstrapped_text: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keys of `mmw2s train`'s `text` section for the bootstrapped student (default: "
                 "source txt, the chosen caption; source mix: BLIP's set, kept web and kept "
@@ -71,7 +80,8 @@ class ExperimentConfig:
                 "more than this (a fraction: 0.02 = 2 points); a smaller gap is evaluation noise"})
     rounds: int = field(default=1, metadata={
         "help": "iterative bootstrapping: round r+1 bootstraps web again with round r's bootstrapped "
-                "student as the filter (a CLIP student cannot caption: the captioner stays)"})
+                "CLIP student as the filter and, when captioner_bootstrapped is a student, round r's "
+                "captioning student as the captioner (else the weak captioner stays)"})
     sweep: SweepConfig = field(default_factory=SweepConfig, metadata={
         "help": "run the experiment once per value of one key and plot PGR against it"})
     pipeline: Literal["capfilt", "llava"] = field(default="capfilt", metadata={
@@ -91,8 +101,14 @@ class ExperimentConfig:
         """Raise ValueError for settings no run can use."""
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if "gold" not in self.students:
+        clip = [s for s in self.students if s not in CAPTIONER_STUDENTS]
+        captioners = [s for s in self.students if s in CAPTIONER_STUDENTS]
+        if not self.students:
+            raise ValueError("students is empty: name at least the gold ceiling")
+        if clip and "gold" not in clip:
             raise ValueError("students must include 'gold': it is the ceiling PGR is measured against")
+        if captioners and "captioner_gold" not in captioners:
+            raise ValueError("captioning students need 'captioner_gold': the ceiling their PGR is measured against")
         if len(set(self.students)) != len(self.students):
             raise ValueError(f"students are repeated: {self.students}")
         if self.captioner_pretrain_steps < 0:
@@ -101,6 +117,9 @@ class ExperimentConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.rounds > 1 and "bootstrapped" not in self.students:
             raise ValueError("rounds > 1 needs the 'bootstrapped' student: it filters the next round")
+        if captioners and self.pipeline == "llava":
+            raise ValueError("captioning students belong to pipeline=capfilt; LLaVA students are "
+                             "named web, filtered, bootstrapped and gold")
         if not 0.0 <= self.pgr_min_gap < 1.0:
             raise ValueError(f"pgr_min_gap must be a fraction in [0, 1), got {self.pgr_min_gap}")
         self._check_bootstrapped_text()

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from mmw2s.config import ConfigError
-from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Planner, Step, merge, plan_teachers
+from mmw2s.experiment.planner import Planner, Step, merge, plan_teachers
+
+if TYPE_CHECKING:  # annotations only: the config module imports the planners
+    from mmw2s.experiment.config import ExperimentConfig
 
 STAGE_SECTIONS = ("stage1", "stage2")
 NOISE_OFF = {"mismatched": 0.0, "random_words": 0.0, "wrong_attribute": 0.0, "incomplete": 0.0,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.shards import write_json_atomic
+from mmw2s.experiment.captioning import (CaptioningResults, captioning_markdown, captioning_results,
+                                         plot_rounds, round_rows, rounds_markdown)
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, Variant
 from mmw2s.report import (fmt, headline, markdown_table, mean_std, pgr_table, plot_curves,
@@ -133,6 +135,8 @@ class Results:
     pgr: dict[str, dict[str, tuple]]
     bias: dict[str, tuple] | None  # model -> (mean, std) of P(target | source)
     halves: dict[str, dict[str, tuple]]  # what the filter and the captioner each add (points)
+    captioning: CaptioningResults | None = None  # the captioning students, when there are any
+    rounds: list[dict[str, tuple]] | None = None  # per round: students, filter audit, captions
 
 
 def results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Results:
@@ -148,7 +152,10 @@ def results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Resu
         rates = [bias_rates(steps, setting["source"], setting["target"]) for steps in steps_by_seed.values()]
         models = dict.fromkeys(m for r in rates for m in r)
         bias = {m: mean_std([r.get(m) for r in rates])[:2] for m in models}
-    return Results(per_seed, agg, benches, students, pgr, bias, capfilt_halves(per_seed, benches))
+    captioning = captioning_results(cfg, steps_by_seed, per_seed, benches)
+    rounds = round_rows(cfg, steps_by_seed, per_seed, benches, captioning) if cfg.rounds > 1 else None
+    return Results(per_seed, agg, benches, students, pgr, bias, capfilt_halves(per_seed, benches),
+                   captioning, rounds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,34 +275,49 @@ def write_report(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
     out = Path(out or cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     res = res or results(cfg, steps_by_seed)
-    plot_pgr(res.pgr, out / "pgr.png")
+    if res.students:  # CLIP students (an experiment may train captioning students only)
+        plot_pgr(res.pgr, out / "pgr.png")
     first_steps = next(iter(steps_by_seed.values()))
     plot_curves(curves(first_steps), out / "loss_curves.png", "training loss (first seed)")
     _copy_audit_plot(first_steps, out)
-    if cfg.rounds > 1:
-        _plot_rounds(cfg, res, out / "rounds.png")
+    if res.rounds:
+        plot_rounds(res.rounds, out / "rounds.png")
     text = _report_text(cfg, res, steps_by_seed, out)
     (out / "report.md").write_text(text)
     write_json_atomic(out / "report.json", {"seeds": list(steps_by_seed), "scores": res.per_seed,
                                             "aggregate": res.agg, "pgr": res.pgr,
                                             "benchmarks": res.benches, "bias": res.bias,
-                                            "capfilt_halves": res.halves})
+                                            "capfilt_halves": res.halves,
+                                            "captioning": _captioning_json(res.captioning),
+                                            "rounds": res.rounds})
     if not quiet:
-        print("\n" + scores_table(res) + "\n\nPGR (performance gap recovered; 0 = best weak teacher, "
-              "1 = gold ceiling)\n" + pgr_markdown(res))
-        if res.halves:
-            print("\nWhat each half of CapFilt adds (accuracy points)\n" + halves_markdown(res))
+        _print_headline(res)
     return out / "report.md"
+
+
+def _print_headline(res: Results) -> None:
+    print("\n" + scores_table(res))
+    if res.students:
+        print("\nPGR (performance gap recovered; 0 = best weak teacher, 1 = gold ceiling)\n"
+              + pgr_markdown(res))
+    if res.halves:
+        print("\nWhat each half of CapFilt adds (accuracy points)\n" + halves_markdown(res))
+    if res.captioning:
+        print("\n" + "\n".join(captioning_markdown(res.captioning, res.agg, res.benches)[4:]))
+    if res.rounds:
+        print("\nRounds\n" + rounds_markdown(res.rounds))
+
+
+def _captioning_json(cap: CaptioningResults | None) -> dict | None:
+    if cap is None:
+        return None
+    return {"students": cap.students, "seeds": cap.seeds, "metrics_per_seed": cap.per_seed,
+            "metrics": cap.metrics, "pgr_per_seed": cap.pgr_per_seed, "pgr": cap.pgr,
+            "zero_shot_pgr": cap.zero_shot_pgr}
 
 
 def _round_students(cfg: ExperimentConfig) -> list[str]:
     return ["student_bootstrapped"] + [f"student_bootstrapped_r{r}" for r in range(2, cfg.rounds + 1)]
-
-
-def _plot_rounds(cfg: ExperimentConfig, res: Results, path: Path) -> Path:
-    points = [res.pgr.get(s, {}).get("mean", (None, None)) for s in _round_students(cfg)]
-    return plot_lines(list(range(1, cfg.rounds + 1)), {"mean PGR": points}, path, "round",
-                      "mean PGR", "PGR per bootstrapping round", refs=(0.0, 1.0))
 
 
 def _copy_audit_plot(steps: list[Step], out: Path) -> None:
@@ -318,23 +340,33 @@ def _report_text(cfg: ExperimentConfig, res: Results, steps_by_seed: dict, out: 
         f"Run folder `{out}`; {_spread(steps_by_seed)}. Numbers in %: top-1 accuracy for classification, "
         "the mean of image->text and text->image recall@1 for retrieval, exact match for VQA.", "",
         "## Models x benchmarks", "", scores_table(res), "",
-        "## Performance gap recovered", "",
-        "PGR = (student − best weak teacher) / (gold ceiling − best weak teacher), per benchmark; n/a "
-        f"where the ceiling does not beat the best weak teacher by more than {cfg.pgr_min_gap * 100:g} "
-        "points (no gap to recover, or one within evaluation noise).", "", pgr_markdown(res), "",
-        "![PGR](pgr.png)", "",
     ]
+    if res.students:
+        sections += [
+            "## Performance gap recovered", "",
+            "PGR = (student − best weak teacher) / (gold ceiling − best weak teacher), per benchmark; n/a "
+            f"where the ceiling does not beat the best weak teacher by more than {cfg.pgr_min_gap * 100:g} "
+            "points (no gap to recover, or one within evaluation noise).", "", pgr_markdown(res), "",
+            "![PGR](pgr.png)", ""]
+    if res.captioning:
+        sections += captioning_markdown(res.captioning, res.agg, res.benches)
     if res.halves:
         sections += ["## What each half of CapFilt adds", "",
                      "Accuracy points between students trained with the same budget: `filter` = "
                      "filter-only student − raw alt-text student; `captioner` = captioner + filter "
                      "student − filter-only student (the synthetic captions' share).", "",
                      halves_markdown(res), ""]
-    if cfg.rounds > 1:
+    if res.rounds:
+        renew = ("and round r's bootstrapped captioning student as the captioner"
+                 if "captioner_bootstrapped" in cfg.students else
+                 "(the weak captioner stays: no captioning student is trained)")
         sections += ["## Iterative rounds", "",
-                     "Round r+1 bootstraps the web split again with round r's bootstrapped student as "
-                     "the filter (the captioner stays: a CLIP student cannot caption).", "",
-                     markdown_table(["round", "student", "mean PGR"],
+                     "Round r+1 bootstraps the same web split again with round r's bootstrapped CLIP "
+                     f"student as the filter {renew}; each round's students start from scratch with the "
+                     "same budgets. Whether errors compound or shrink shows in the filter audit and the "
+                     "synthetic captions' accuracy round by round (%).", "",
+                     rounds_markdown(res.rounds), "",
+                     markdown_table(["round", "CLIP student", "mean PGR"],
                                     [[r, s, fmt(*res.pgr.get(s, {}).get("mean", (None, None)), pct=False)]
                                      for r, s in enumerate(_round_students(cfg), 1)]), "",
                      "![rounds](rounds.png)", ""]
@@ -352,7 +384,7 @@ def _report_text(cfg: ExperimentConfig, res: Results, steps_by_seed: dict, out: 
         sections += ["### filter only (ablation)", "",
                      filter_table(audit_rows(steps_by_seed, "audit_filter_only")), ""]
     for r in range(2, cfg.rounds + 1):
-        sections += [f"### round {r} (filter: round {r - 1}'s student)", "",
+        sections += [f"### round {r} (teachers: round {r - 1}'s students)", "",
                      filter_table(audit_rows(steps_by_seed, f"audit_bootstrap_r{r}")), ""]
     sections += ["![filter scores per noise type](filter_scores.png)", "",
                  "## Training curves", "", "![loss](loss_curves.png)", ""]

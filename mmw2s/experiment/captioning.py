@@ -1,0 +1,198 @@
+"""The captioning students in the report, and what each bootstrapping round's teachers did.
+
+Captioning students (`students: [captioner_web, captioner_filtered, captioner_bootstrapped,
+captioner_gold]`) are scored on the `world:captions` suite (greedy captions against the scene:
+exact match, object recall, hallucination rate) and by likelihood on the zero-shot suites. Their
+PGR is measured against the weak captioner, the model whose captions they were trained on, with
+`captioner_gold` as the ceiling: PGR = (student − weak) / (ceiling − weak) for metrics where
+higher is better, and the same gap with the signs turned for the hallucination rate (lower is
+better), so 1 always means "as good as the ceiling". Computed per seed, then mean ± std.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmw2s.report import fmt, markdown_table, mean_std, pgr, pgr_table, plot_panels
+
+if TYPE_CHECKING:
+    from mmw2s.experiment.config import ExperimentConfig
+    from mmw2s.experiment.planner import Step
+
+CAPTIONS = "world:captions"
+METRICS = ("exact_match", "object_recall", "hallucination_rate")
+LOWER_IS_BETTER = frozenset({"hallucination_rate"})
+WEAK = "weak_captioner"
+CEILING = "captioner_gold"
+ORDER = ("captioner_web", "captioner_filtered", "captioner_bootstrapped")
+
+
+def captioning_students(cfg: ExperimentConfig) -> list[str]:
+    """Captioning students compared to their ceiling, in report order (later rounds last)."""
+    names = [s for s in ORDER if s in cfg.students]
+    if "captioner_bootstrapped" in cfg.students:
+        names += [f"captioner_bootstrapped_r{r}" for r in range(2, cfg.rounds + 1)]
+    return names
+
+
+def caption_metrics(steps: list[Step]) -> dict[str, dict[str, float]]:
+    """`{model: {metric: value}}` on the captions suite of one seed (models that write captions)."""
+    eval_step = next(s for s in steps if s.stage == "eval")
+    summary = json.loads((Path(eval_step.cfg.out) / "summary.json").read_text())
+    return {model: {m: by[CAPTIONS][m] for m in METRICS if by[CAPTIONS].get(m) is not None}
+            for model, by in summary.items() if CAPTIONS in by}
+
+
+def caption_pgr(scores: dict[str, dict[str, float]], students: list[str],
+                min_gap: float) -> dict[str, dict[str, float | None]]:
+    """`{student: {metric|mean: PGR}}` of one seed against the weak captioner."""
+    out = {}
+    for student in students:
+        row = {}
+        for metric in METRICS:
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            values = [scores.get(m, {}).get(metric) for m in (student, WEAK, CEILING)]
+            row[metric] = None if None in values else pgr(*(sign * v for v in values), min_gap)
+        defined = [v for v in row.values() if v is not None]
+        row["mean"] = sum(defined) / len(defined) if defined else None
+        out[student] = row
+    return out
+
+
+@dataclass
+class CaptioningResults:
+    """What the captioning section of a report shows."""
+
+    seeds: list[int]
+    students: list[str]
+    per_seed: list[dict[str, dict[str, float]]]  # caption metrics of every model, per seed
+    metrics: dict[str, dict[str, tuple]]  # model -> metric -> (mean, std, n)
+    pgr_per_seed: list[dict[str, dict[str, float | None]]]
+    pgr: dict[str, dict[str, tuple]]  # student -> metric|mean -> (mean, std)
+    zero_shot_pgr: dict[str, dict[str, tuple]]  # student -> benchmark|mean -> (mean, std)
+
+
+def captioning_results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
+                       scores_per_seed: list[dict], benches: list[str]) -> CaptioningResults | None:
+    """The captioning students' scores and PGR over seeds; None when the experiment has none."""
+    students = captioning_students(cfg)
+    if not students:
+        return None
+    per_seed = [caption_metrics(steps) for steps in steps_by_seed.values()]
+    models = list(dict.fromkeys(m for s in per_seed for m in s))
+    metrics = {m: {k: mean_std([s.get(m, {}).get(k) for s in per_seed]) for k in METRICS} for m in models}
+    pgr_seeds = [caption_pgr(s, students, cfg.pgr_min_gap) for s in per_seed]
+    keys = [*METRICS, "mean"]
+    pgr_agg = {st: {k: mean_std([t[st].get(k) for t in pgr_seeds])[:2] for k in keys} for st in students}
+    zero = [pgr_table({m: {b: v for b, v in s.get(m, {}).items() if b in benches} for m in s},
+                      [WEAK], students, CEILING, cfg.pgr_min_gap) for s in scores_per_seed]
+    zero_agg = {st: {k: mean_std([t[st].get(k) for t in zero])[:2] for k in [*benches, "mean"]}
+                for st in students}
+    return CaptioningResults(list(steps_by_seed), students, per_seed, metrics, pgr_seeds, pgr_agg, zero_agg)
+
+
+def captioning_markdown(cap: CaptioningResults, agg: dict[str, dict[str, tuple]], benches: list[str]) -> list[str]:
+    """The report's section on the captioning students."""
+    models = [m for m in (WEAK, *cap.students, CEILING) if m in cap.metrics or m in agg]
+    names = {"exact_match": "exact match", "object_recall": "object recall",
+             "hallucination_rate": "hallucination rate"}
+    scores = markdown_table(
+        ["captioner", *[names[k] for k in METRICS], *benches],
+        [[m, *[fmt(*cap.metrics.get(m, {}).get(k, (None, None))[:2]) for k in METRICS],
+          *[fmt(*agg.get(m, {}).get(b, (None, None))[:2]) for b in benches]] for m in models])
+    seed_cols = [f"seed {s}" for s in cap.seeds]
+    rows = [[st, names.get(k, k), *[fmt(t[st].get(k), pct=False) for t in cap.pgr_per_seed],
+             fmt(*cap.pgr[st][k], pct=False)] for st in cap.students for k in [*METRICS, "mean"]]
+    zero_keys = [*benches, "mean"]
+    return [
+        "## Captioning students", "",
+        "Captioners trained from scratch with equal budgets on raw alt-text, filter-only, captioner + "
+        "filter (bootstrapped) and gold captions, against the weak captioner whose captions they learn "
+        "from. Caption metrics on the world's captions suite (greedy captions; lower is better for the "
+        "hallucination rate); zero-shot suites scored by the likelihood of each prompt.", "",
+        scores, "",
+        "PGR on the caption metrics against the weak captioner (ceiling `captioner_gold`; for the "
+        "hallucination rate the gap is turned around, so 1 is the ceiling's rate and 0 the weak "
+        "captioner's), per seed and mean ± std:", "",
+        markdown_table(["student", "metric", *seed_cols, "mean ± std"], rows), "",
+        "PGR of the captioning students on the zero-shot suites against the weak captioner alone:", "",
+        markdown_table(["student", *zero_keys],
+                       [[st, *[fmt(*cap.zero_shot_pgr[st][k], pct=False) for k in zero_keys]]
+                        for st in cap.students]), ""]
+
+
+# --------------------------------------------------------------------------------------------
+# Rounds
+
+
+def round_names(r: int) -> dict[str, str]:
+    """Step and model names of round `r` (round 1 has no suffix)."""
+    suffix = "" if r == 1 else f"_r{r}"
+    return {"clip": f"student_bootstrapped{suffix}", "captioner": f"captioner_bootstrapped{suffix}",
+            "audit": f"audit_bootstrap{suffix}"}
+
+
+def _audit(steps: list[Step], name: str) -> dict | None:
+    step = next((s for s in steps if s.name == name), None)
+    path = Path(step.cfg.run) / "audit.json" if step else None
+    return json.loads(path.read_text()) if path and path.exists() else None
+
+
+def round_rows(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]], scores_per_seed: list[dict],
+               benches: list[str], cap: CaptioningResults | None) -> list[dict[str, tuple]]:
+    """Per round, `{quantity: (mean, std)}` over seeds: students' scores, filter audit, captions."""
+    rows = []
+    for r in range(1, cfg.rounds + 1):
+        names = round_names(r)
+        per_seed: dict[str, list] = {}
+        for i, steps in enumerate(steps_by_seed.values()):
+            clip = [scores_per_seed[i].get(names["clip"], {}).get(b) for b in benches]
+            clip = [v for v in clip if v is not None]
+            values: dict[str, Any] = {"CLIP student mean accuracy": sum(clip) / len(clip) if clip else None}
+            if cap is not None:
+                mine = cap.per_seed[i].get(names["captioner"], {})
+                values["captioning student exact match"] = mine.get("exact_match")
+                values["captioning student object recall"] = mine.get("object_recall")
+                values["captioning student hallucination rate"] = mine.get("hallucination_rate")
+            values.update(_audit_values(_audit(steps, names["audit"])))
+            for key, value in values.items():
+                per_seed.setdefault(key, []).append(value)
+        rows.append({k: mean_std(v)[:2] for k, v in per_seed.items()})
+    return rows
+
+
+def _audit_values(audit: dict | None) -> dict[str, float | None]:
+    """Filter precision / recall, kept fraction per noise type, synthetic caption accuracy."""
+    if audit is None:
+        return {}
+    overall, synthetic = audit["web_filter"]["overall"], audit["synthetic"]["all"]
+    out = {"filter precision": overall.get("precision"), "filter recall": overall.get("recall")}
+    for noise, entry in audit["web_filter"].get("per_noise_type", {}).items():
+        out[f"kept: {noise}"] = entry.get("kept_fraction")
+    if synthetic.get("captions"):
+        out["synthetic exact match"] = synthetic.get("exact_match")
+        out["synthetic hallucination rate"] = synthetic.get("hallucination_rate")
+    return out
+
+
+def plot_rounds(rows: list[dict[str, tuple]], path: Path) -> Path:
+    """rounds.png: four panels over rounds (students, filter audit, kept per noise type, captions)."""
+    def pick(keys):
+        return {k: [row.get(k, (None, None)) for row in rows] for k in keys}
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    panels = [("students", "score", pick([k for k in keys if "student" in k and "hallucination" not in k])),
+              ("filter audit (positive = correct alt-text)", "fraction", pick(["filter precision", "filter recall"])),
+              ("web alt-text kept, per noise type", "fraction", pick([k for k in keys if k.startswith("kept: ")])),
+              ("synthetic captions (and the captioning student's)", "fraction",
+               pick([k for k in keys if k.startswith("synthetic") or "hallucination" in k]))]
+    return plot_panels(list(range(1, len(rows) + 1)), panels, path, "round")
+
+
+def rounds_markdown(rows: list[dict[str, tuple]]) -> str:
+    """Round x quantity table (percentages)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row if not k.startswith("kept: ")))
+    return markdown_table(["round", *keys], [[r, *[fmt(*row.get(k, (None, None))) for k in keys]]
+                                             for r, row in enumerate(rows, 1)])
