@@ -15,14 +15,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mmw2s.bootstrap.shard import read_limits
 from mmw2s.bootstrap.stages import Batch, batch_seed, batch_stage
 
 
 def run_batches(urls: list[str], cfg: Any, preprocess: Any, images: int) -> list[Batch]:
     """The run's first batches covering at least `images` images, decoded and preprocessed here."""
     from data_pipelines.shards import shard_events
-
-    from mmw2s.bootstrap.run import read_limits
 
     events = (e for url in urls for e in shard_events(url, read_limits(cfg)))
     batches, seen = [], 0

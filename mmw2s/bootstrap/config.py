@@ -93,6 +93,28 @@ class SelectionConfig:
 
 
 @dataclass
+class RayConfig:
+    """engine=ray: a pool of Ray actors, each holding the models once, one input shard per task."""
+
+    address: str = field(default="local", metadata={"help": "local: start Ray on this machine; auto: join "
+                                                             "the cluster `ray start` made; ray://HOST:10001"})
+    concurrency: int = field(default=2, metadata={"help": "actors in the pool (each loads the models once)"})
+    num_gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs per actor (0: CPU actors; 0.5: two a GPU)"})
+    num_cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs per actor: its torch threads and "
+                                                                       "data-loader workers"})
+    max_retries: int = field(default=3, metadata={"help": "retries of a shard whose actor died (the actor "
+                                                          "is restarted, its models reloaded)"})
+
+    def validate(self) -> None:
+        """Raise ValueError for a pool that cannot start."""
+        if self.concurrency < 1 or self.max_retries < 0:
+            raise ValueError(f"ray.concurrency must be >= 1 and ray.max_retries >= 0, got "
+                             f"{self.concurrency} and {self.max_retries}")
+        if self.num_gpus_per_worker < 0 or self.num_cpus_per_worker <= 0:
+            raise ValueError("ray.num_gpus_per_worker must be >= 0 and ray.num_cpus_per_worker > 0")
+
+
+@dataclass
 class BootstrapConfig:
     """`mmw2s bootstrap`: CapFilt over webdataset shards."""
 
@@ -121,6 +143,10 @@ class BootstrapConfig:
         default=False, metadata={"help": "after the run, time the model forward passes alone on an "
                                          "in-memory batches (the run's own) and record the ratio in summary.json"})
     ceiling_images: int = field(default=512, metadata={"help": "images timed for the ceiling (at most the run's)"})
+    engine: Literal["local", "ray"] = field(
+        default="local", metadata={"help": "local: this process or `accelerate launch` ranks (static split); "
+                                           "ray: a pool of Ray actors fed shard by shard (pip install -e .[ray])"})
+    ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "engine=ray"})
 
     def validate(self) -> None:
         """Raise ValueError for sizes that cannot run."""
@@ -134,6 +160,7 @@ class BootstrapConfig:
         self.decoding.validate()
         self.filter.validate()
         self.thresholds.validate()
+        self.ray.validate()
 
 def validate_captioner(spec: CaptionerSpec) -> None:
     """Check a prompted VLM's settings, and read `prompt_file` into `prompt`: the prompt text then

@@ -1,0 +1,126 @@
+"""Bootstrapping input shards: the one function every engine calls.
+
+`bootstrap_shards(urls, job, models)` turns each input shard into its output shard (caption ->
+score -> decide -> write, `stages.py` and `writer.py`) and yields each shard's stats as the shard
+closes; `bootstrap_shard(url, job, models)` is the same for one shard. An engine only decides who
+calls it on which shards (img2dataset's distributors share one downloader the same way):
+
+- `engines/local.py`: this process, or each `accelerate launch` rank, on its static share,
+  `bootstrap_shards(urls[rank::N])`: a rank's data-loader workers then read ahead across shard
+  boundaries (one loader per shard would wait for each shard's first batch);
+- `engines/ray.py`: a pool of Ray actors, `bootstrap_shard(url)` per task.
+
+An output shard depends only on its input shard and the `ShardJob` (batches never cross shards,
+sampling seeds come from seed, shard and first key): the same bytes whoever writes it, in whatever
+order, however often it was started. Nothing here imports an engine, accelerate or Ray.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from data_pipelines.shards import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
+                                   stats_path)
+
+from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.stages import Selection, batch_stage, caption_stage, decide_stage, score_stage
+from mmw2s.bootstrap.thresholds import Thresholds
+from mmw2s.bootstrap.writer import ShardOutputs, output_path, write_stage
+from mmw2s.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What decides an output shard besides its input: the config, the run's thresholds and their
+    fingerprint. Small and picklable: the Ray engine sends it to every actor."""
+
+    cfg: BootstrapConfig
+    thresholds: Thresholds
+    fingerprint: str
+
+    @property
+    def shards_dir(self) -> Path:
+        return Path(self.cfg.out) / "shards"
+
+
+def read_limits(cfg: BootstrapConfig) -> ReadLimits:
+    """What shard I/O accepts as a sample (images decoded, a caption required)."""
+    return ReadLimits(max_pixels=cfg.max_pixels, decode_images=True, require_caption=True)
+
+
+def loader(urls: list[str], cfg: BootstrapConfig, preprocess: Any):
+    """Batches of `urls` decoded and preprocessed in `cfg.workers` data-loader processes.
+
+    On CUDA the batches' tensors arrive pinned, so their copy to the GPU overlaps the models.
+    """
+    import torch
+
+    stage = functools.partial(batch_stage, batch_size=cfg.batch_size, preprocess=preprocess)
+    pin = cfg.device != "cpu" and torch.cuda.is_available()
+    return event_loader(urls, read_limits(cfg), stages=[stage], workers=cfg.workers, prefetch_factor=4,
+                        pin_memory=pin)
+
+
+def is_done(out: Path, url: str, fingerprint: str) -> bool:
+    """Whether the output of `url` under run folder `out` is complete, made by these settings."""
+    try:
+        return complete_with(output_path(out / "shards", url), fingerprint)
+    except OtherSettings as exn:
+        raise StageError(f"{exn}; use another out= or delete {out / 'shards'} to redo it") from None
+
+
+def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
+                     on_sample: Callable[[dict], None] | None = None) -> Iterator[dict]:
+    """Bootstrap each of `urls` into `job.shards_dir`; yields each shard's stats as it closes.
+
+    `models` is a `CapFilt` (or anything with its `preprocessor`, `caption`, `score` and
+    `provenance`). `on_sample` sees every decided output sample (progress bars). An error
+    aborts the shards still open: only complete shards and `.partial` leftovers remain.
+    """
+    cfg = job.cfg
+    selection = Selection(choose=cfg.selection.choose, nothing_kept=cfg.selection.nothing_kept)
+    shard = CurrentShard("bootstrapping")  # a failure of the models or the writer names its shard
+    stream = caption_stage(shard.track(iter(loader(urls, cfg, models.preprocessor))), models.caption, cfg.seed)
+    stream = score_stage(stream, models.score)
+    stream = decide_stage(stream, job.thresholds, selection, models.provenance(cfg))
+    with ShardOutputs(job.shards_dir, {"fingerprint": job.fingerprint}) as outputs:
+        for item in shard.guard(write_stage(stream, outputs)):
+            if isinstance(item, dict) and on_sample is not None:
+                on_sample(item)
+            elif isinstance(item, tuple) and isinstance(item[0], ShardEnd):
+                end, stats = item
+                log.debug("shard %s done: %s", end.name, stats)
+                yield stats
+
+
+def bootstrap_shard(url: str, job: ShardJob, models: Any) -> dict:
+    """Bootstrap one input shard; returns its stats (what `{shard}_stats.json` holds)."""
+    stats = list(bootstrap_shards([url], job, models))
+    if len(stats) != 1:  # shard I/O ends every shard with exactly one ShardEnd
+        raise RuntimeError(f"{url}: expected one finished shard, got {len(stats)}")
+    return stats[0]
+
+
+def model_threads(cfg: BootstrapConfig, cores: int) -> int:
+    """Torch intra-op threads of a model process on CPU that has `cores` cores to itself.
+
+    `cpu_threads` when set, else the cores its data-loader workers leave (at least 1): threads
+    that outnumber free cores spin against the decoding workers (measured on 2 busy cores,
+    2 threads instead of 1 made the tiny models ~15x slower).
+    """
+    return cfg.cpu_threads or max(1, cores - cfg.workers)
+
+
+def expected_samples(url: str) -> int | None:
+    """Samples in an input shard according to its img2dataset `_stats.json`, if readable."""
+    try:
+        stats = json.loads(stats_path(url).read_text())
+        return int(stats.get("successes", stats["count"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
