@@ -82,6 +82,29 @@ def expected_accounting(path: Path) -> tuple[int, int]:
     return samples, ignored
 
 
+def build_tiny_models(folder: Path) -> Path:
+    """A BLIP captioner and a BLIP ITM filter with random weights, saved as users' would be."""
+    from models import CaptionerSpec, ItmSpec, build_captioner, build_itm_filter
+
+    captions = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("square", "circle", "star")]
+    build_captioner(CaptionerSpec(name="blip-tiny"), train_captions=captions).save(folder / "captioner")
+    build_itm_filter(ItmSpec(name="blip-tiny"), train_captions=captions).save(folder / "itm")
+    return folder
+
+
+def bootstrap(inputs: Path, models: Path, out: Path, workers: int, *extra: str) -> dict:
+    """`mmw2s bootstrap` in this process with the tiny models (tiny batches, short captions)."""
+    from mmw2s.bootstrap.config import BootstrapConfig
+    from mmw2s.bootstrap.run import run
+    from mmw2s.config import load_config
+
+    overrides = [f"input={inputs}", f"out={out}", f"captioner.name={models / 'captioner'}",
+                 f"filter.itm.name={models / 'itm'}", "decoding.num_captions=1", "decoding.max_new_tokens=4",
+                 "decoding.min_new_tokens=1", "batch_size=4", f"workers={workers}", "cpu_threads=1",
+                 "progress=false", "selection.nothing_kept=flag", "max_caption_chars=200", *extra]
+    return run(load_config(BootstrapConfig, None, overrides))
+
+
 def strict_json(data: bytes):
     """`json.loads` as a strict parser: bare NaN / Infinity are an error (as in browsers and jq)."""
     def refuse(constant: str):

@@ -29,8 +29,8 @@ from data_pipelines import sample_decode
 from data_pipelines.shards import (ReadLimits, ShardEnd, ShardError, ShardWriter, Skip, event_loader,
                                    event_pipeline, expand_urls, is_safe_key, safe_key, shard_events,
                                    shard_name, write_json_atomic)
-from hostile_tars import (check_output_tar, encoded, expected_accounting, jpeg, link, sample, strict_json,
-                          write_tar)
+from hostile_tars import (bootstrap, build_tiny_models, check_output_tar, encoded, expected_accounting, jpeg, link,
+                          sample, strict_json, write_tar)
 
 
 def read(path, limits=ReadLimits()) -> tuple[list[dict], list[Skip], ShardEnd]:
@@ -329,3 +329,98 @@ def test_training_skips_what_its_text_selector_cannot_use(tmp_path):
     batch = next(iter(loader))
     assert sorted(batch["keys"]) == ["000000000", "000000001", "odd0", "odd1"]
     assert batch["weights"].tolist() == [1.0] * 4  # a 400-digit score is no weight
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: `mmw2s bootstrap` (tiny BLIP captioner and ITM filter) and `mmw2s train task=clip`
+
+
+def hostile_members() -> list:
+    """One shard holding a sample of most classes above between good ones."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+    return (good(3) + sample("deep", meta=b'{"a": ' + nested + b"}")
+            + sample("dupA", "a red square first") + sample("dupA", "second") + good(2, 3) + sample("dupA", "third")
+            + sample("../../escape", "an escaping square") + sample("/tmp/ABS_ESCAPE", "an absolute square")
+            + sample("nan", meta=b'{"caption": "a nan square", "width": NaN, "height": Infinity}')
+            + [("latin.jpg", jpeg()), ("latin.txt", "carré".encode("latin-1"))]
+            + sample("long", "a long square " * 50_000)
+            + sample("palette", image=palette_with_transparency()) + sample("grey16", image=IMAGES["grey16"][0])
+            + [link("evil.jpg", "/etc/passwd")])
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hostile")
+    write_tar(folder / "00000.tar", hostile_members())
+    write_tar(folder / "00001.tar.gz", good(4, 100), mode="w:gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def bootstrapped(hostile, tiny_models, tmp_path_factory) -> dict[int, Path]:
+    runs = {}
+    for workers in (1, 2):
+        runs[workers] = tmp_path_factory.mktemp(f"bootstrap_w{workers}")
+        bootstrap(hostile, tiny_models, runs[workers], workers)
+    return runs
+
+
+@pytest.mark.slow
+def test_bootstrap_finishes_on_hostile_shards_and_writes_only_safe_strict_output(hostile, bootstrapped):
+    for workers, out in bootstrapped.items():
+        summary = strict_json((out / "summary.json").read_bytes())
+        assert summary["complete_shards"] == 2 and summary["damaged_shards"] == [], workers
+        stats = strict_json((out / "shards" / "00000_stats.json").read_bytes())
+        assert stats["inputs"] == expected_accounting(hostile / "00000.tar")[0] == 16
+        assert stats["skipped_by_reason"] == {"bad_json": 1, "duplicate_key": 2, "caption_not_utf8": 1}
+        assert sorted((s["key"], s["reason"]) for s in stats["skipped_samples"]) == [
+            ("deep", "bad_json"), ("dupA", "duplicate_key"), ("dupA", "duplicate_key"), ("latin", "caption_not_utf8")]
+        assert stats["changed_by_reason"] == {"key_renamed": 2, "json_non_finite": 1, "caption_truncated": 1}
+        assert stats["ignored_members"] == 1 and stats["written"] == stats["decoded"] == 12
+        written = check_output_tar(out / "shards" / "00000.tar")
+        metas = {k: strict_json(m["json"]) for k, m in written.items()}
+        originals = {m["mmw2s"].get("original_key") for m in metas.values()} - {None}
+        assert originals == {"../../escape", "/tmp/ABS_ESCAPE"}
+        assert metas["dupA"]["mmw2s"]["web_caption"] == "a red square first"
+        assert (metas["nan"]["width"], metas["nan"]["height"]) == (None, None)
+        assert len(written["long"]["txt"]) <= 200 and len(metas["long"]["caption"]) <= 200
+        gz = strict_json((out / "shards" / "00001_stats.json").read_bytes())
+        assert gz["damaged"] is None and gz["written"] == 4
+    for name in ("00000.tar", "00001.tar"):  # workers=1 and workers=2 write the same bytes
+        assert (bootstrapped[1] / "shards" / name).read_bytes() == (bootstrapped[2] / "shards" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_bootstrap_stops_on_a_failure_of_ours_naming_the_shard(hostile, tiny_models, tmp_path, monkeypatch):
+    from mmw2s.bootstrap import writer
+
+    def disk_full(self, sample):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer.ShardWriter, "write", disk_full)
+    with pytest.raises(ShardError, match=r"shard .*0000[01]\.tar.*No space left on device"):
+        bootstrap(hostile, tiny_models, tmp_path, workers=1)
+    assert not list((tmp_path / "shards").glob("*_stats.json"))  # nothing marked complete
+
+
+@pytest.mark.slow
+def test_clip_training_runs_on_hostile_shards_and_counts_the_skips(hostile, tmp_path):
+    from mmw2s.config import load_config
+    from mmw2s.train import run
+    from mmw2s.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, [
+        f"data={hostile}", f"out={tmp_path}", "task=clip", "steps=2", "batch_size=4", "warmup_steps=1",
+        "log_every=1", "checkpoint_every=2", "workers=1", "shuffle_buffer=4",
+        "dual_encoder.arch=mmw2s-conv-tiny", "dual_encoder.image_size=32"])
+    run(cfg)
+    state = json.loads((tmp_path / "final" / "trainer_state.json").read_text())
+    skipped = state["data"]["skipped"]
+    assert skipped.get("bad_json", 0) >= 1 and skipped.get("duplicate_key", 0) >= 2
+    named = {(s["key"], s["reason"]) for s in state["data_by_rank"][0]["skipped_samples"]}
+    assert ("deep", "bad_json") in named and all(s["shard"] for s in state["data_by_rank"][0]["skipped_samples"])
