@@ -138,6 +138,12 @@ class BootstrapConfig:
     precision: Literal["bf16", "fp32"] = field(
         default="bf16", metadata={"help": "bf16: autocast on CUDA (CPU always runs fp32)"})
     max_pixels: int = field(default=4096 * 4096, metadata={"help": "larger images are skipped unread"})
+    max_caption_chars: int = field(
+        default=2000, metadata={"help": "longer web captions (.txt, and the .json caption) are cut to this "
+                                        "many characters (counted as changed.caption_truncated), or skipped"})
+    long_captions: Literal["truncate", "skip"] = field(
+        default="truncate", metadata={"help": "a caption over max_caption_chars is truncated, or its sample "
+                                              "skipped (caption_too_long)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (images/s, kept fraction)"})
     measure_ceiling: bool = field(
         default=False, metadata={"help": "after the run, time the model forward passes alone on an "
@@ -156,11 +162,14 @@ class BootstrapConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+        if self.max_caption_chars < 1:
+            raise ValueError(f"max_caption_chars must be >= 1, got {self.max_caption_chars}")
         validate_captioner(self.captioner)
         self.decoding.validate()
         self.filter.validate()
         self.thresholds.validate()
         self.ray.validate()
+
 
 def validate_captioner(spec: CaptionerSpec) -> None:
     """Check a prompted VLM's settings, and read `prompt_file` into `prompt`: the prompt text then

@@ -88,7 +88,8 @@ def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:
     keys = {"captioner": asdict(cfg.captioner), "decoding": asdict(cfg.decoding),
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
             "thresholds": thresholds.record(), "selection": asdict(cfg.selection), "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels}
+            "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
+            "captions": [cfg.max_caption_chars, cfg.long_captions]}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -51,7 +51,8 @@ class ShardJob:
 
 def read_limits(cfg: BootstrapConfig) -> ReadLimits:
     """What shard I/O accepts as a sample (images decoded, a caption required)."""
-    return ReadLimits(max_pixels=cfg.max_pixels, decode_images=True, require_caption=True)
+    return ReadLimits(max_pixels=cfg.max_pixels, decode_images=True, require_caption=True,
+                      max_caption_chars=cfg.max_caption_chars, long_captions=cfg.long_captions)
 
 
 def loader(urls: list[str], cfg: BootstrapConfig, preprocess: Any):

@@ -255,6 +255,8 @@ def decide_stage(items: Iterable[Any], thresholds: Thresholds, selection: Select
                            item.synthetic_scores[i], thresholds, selection, prompt=prompt,
                            truncated=item.truncated[i] if item.truncated else None)
             block.update(provenance, threshold=thresholds.record())
+            if "__original_key__" in sample:  # the input's key was not a safe member name
+                block["original_key"] = sample["__original_key__"]
             out = {"__key__": sample["__key__"], "__url__": item.url,
                    "__drop__": block["nothing_kept"] and selection.nothing_kept == "drop",
                    sample["image_ext"]: sample["image_bytes"],

@@ -13,9 +13,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from data_pipelines.shards import ShardEnd, ShardWriter, Skip, shard_name
+from data_pipelines.shards import ShardEnd, ShardWriter, Skip, clip_text, shard_name
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+LISTED_SKIPS = 100  # skipped samples named (key, reason, detail) in a shard's stats; the rest counted
 
 
 def output_path(folder: str | Path, url: str) -> Path:
@@ -39,6 +40,7 @@ class ShardTally:
     started: float = field(default_factory=time.perf_counter)
     decoded: int = 0
     skipped: Counter = field(default_factory=Counter)
+    skipped_samples: list[dict] = field(default_factory=list)  # the first LISTED_SKIPS, by key
     written: int = 0
     web_kept: int = 0
     synthetic: int = 0
@@ -77,6 +79,7 @@ class ShardTally:
             "inputs": self.decoded + skipped, "decoded": self.decoded,
             "skipped": skipped, "skipped_by_reason": dict(self.skipped),
             "damaged": end.damaged, "ignored_members": end.ignored_members,
+            "skipped_samples": self.skipped_samples, "changed_by_reason": end.changed,
             "web_kept": self.web_kept, "synthetic": self.synthetic, "synthetic_kept": self.synthetic_kept,
             "chosen_web": self.chosen["web"], "chosen_synthetic": self.chosen["synthetic"],
             "nothing_kept": self.nothing_kept, "dropped": self.dropped, "written": self.written,
@@ -118,7 +121,11 @@ class ShardOutputs:
 
     def skip(self, record: Skip) -> None:
         """Count a sample that shard I/O or preprocessing skipped."""
-        self._get(record.url)[1].skipped[record.reason] += 1
+        tally = self._get(record.url)[1]
+        tally.skipped[record.reason] += 1
+        if len(tally.skipped_samples) < LISTED_SKIPS:
+            tally.skipped_samples.append({"key": clip_text(record.key), "reason": record.reason,
+                                          "detail": clip_text(record.detail)})
 
     def finish(self, end: ShardEnd) -> dict:
         """Close the output of `end.url` (an empty shard when nothing came) and return its stats."""
