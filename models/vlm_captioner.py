@@ -89,7 +89,7 @@ class PromptedCaptioner(Captioner):
         self.tokenizer = processor.tokenizer
         self.image_processor = getattr(processor, "image_processor", None)
         self.family = model.config.model_type
-        self.max_length = 0
+        self.max_length = 0  # no teacher-forced texts: decoding.max_new_tokens bounds captions
         self.prompt = (prompt or "").strip()
         template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         self.template = template if chat_template == "auto" else None

@@ -120,10 +120,11 @@ def words(text: str) -> str:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bootstrap_captions_with_a_prompted_vlm(world, clip, vlms, family, tmp_path):
-    """Loaded by path, its kind read from its config: captions written, the same for a seed, the
-    prompt (and the chat template around it) never in them, and the provenance says how they came."""
+    """Loaded by path, its kind read from its config: captions written, the same for a seed (with
+    the processor run in 0 or 2 data-loader workers), the prompt (and the chat template around it)
+    never in them, and the provenance says how they came."""
     summary = bootstrap(world, clip, vlms[family], tmp_path / "a", f"captioner.prompt={PROMPT}")
-    again = bootstrap(world, clip, vlms[family], tmp_path / "b", f"captioner.prompt={PROMPT}")
+    again = bootstrap(world, clip, vlms[family], tmp_path / "b", f"captioner.prompt={PROMPT}", "workers=2")
     first, second = blocks(tmp_path / "a"), blocks(tmp_path / "b")
     assert summary["written"] == 12 and len(first) == 12
     captions = [s["caption"] for b in first.values() for s in b["synthetic"]]
@@ -243,3 +244,22 @@ def test_flagged_samples_carry_their_web_caption_as_txt(world, clip, vlms, tmp_p
     for key, (txt, meta) in seen.items():
         assert txt == webs[key] and meta["mmw2s"]["nothing_kept"] and meta["mmw2s"]["chosen"] is None
         assert select({"caption": txt, "json": meta}, random.Random(0)) is None  # never trained on
+
+
+def test_invalid_captions_never_train_even_when_unkept_captions_may():
+    from mmw2s.train.texts import mix_pools
+
+    block = {"web_caption": "web", "web_kept": False, "synthetic": [
+        {"caption": PROMPT, "kept": False, "invalid": "prompt"}, {"caption": "a red circle", "kept": False}]}
+    web, synthetic = mix_pools({"mmw2s": block}, "web", kept_only=False)
+    assert [c for c, _ in synthetic] == ["a red circle"] and [c for c, _ in web] == ["web"]
+
+
+def test_the_shipped_vlm_config_loads_with_its_prompt_file(monkeypatch):
+    from mmw2s.bootstrap.config import BootstrapConfig
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # prompt files are named relative to the repository, like configs/prompts/llava
+    cfg = load_config(BootstrapConfig, root / "configs" / "bootstrap_vlm.yaml", [])
+    assert cfg.captioner.prompt == (root / "configs/prompts/caption/short.txt").read_text().strip()
+    assert cfg.filter.kind == "clip" and cfg.filter.dual_encoder.arch == "ViT-B-32"

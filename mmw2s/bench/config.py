@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-COMPARISONS = ("bootstrap", "train", "eval", "loading", "memory", "gpu")
+COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "gpu")
 
 
 @dataclass
@@ -31,6 +31,19 @@ class BootstrapBench:
                                                                   "from scratch) or a saved folder / hub id"})
     filter_model: str = field(default="mmw2s-conv-tiny", metadata={
         "help": "the filter: open_clip arch (clip) or BLIP ITM config / folder (blip)"})
+
+
+@dataclass
+class CaptionVlmBench:
+    """The caption_vlm row: bootstrap with a prompted VLM captioner vs its forward passes alone."""
+
+    family: str = field(default="qwen2_vl", metadata={"help": "tiny random VLM family (models.vlm_tiny: "
+                                                              "blip-2, llava, qwen2_vl, smolvlm)"})
+    prompt: str = field(default="Describe this image in one sentence.", metadata={"help": "the captioning prompt"})
+    shards: int = field(default=8, metadata={"help": "web shards bootstrapped end to end"})
+    batch_size: int = field(default=16, metadata={"help": "images per generate() call (both sides)"})
+    num_captions: int = field(default=2, metadata={"help": "synthetic captions per image (nucleus)"})
+    max_new_tokens: int = field(default=24, metadata={"help": "longest synthetic caption in tokens"})
 
 
 @dataclass
@@ -113,6 +126,7 @@ class BenchConfig:
     seed: int = field(default=0, metadata={"help": "seed of the world and the models"})
     world: WorldSize = field(default_factory=WorldSize, metadata={"help": "the synthetic world"})
     bootstrap: BootstrapBench = field(default_factory=BootstrapBench, metadata={"help": "bootstrap row"})
+    caption_vlm: CaptionVlmBench = field(default_factory=CaptionVlmBench, metadata={"help": "caption_vlm row"})
     train: TrainBench = field(default_factory=TrainBench, metadata={"help": "training row"})
     eval: EvalBench = field(default_factory=EvalBench, metadata={"help": "evaluation row"})
     loading: LoadingBench = field(default_factory=LoadingBench, metadata={"help": "data-loading row"})
@@ -126,10 +140,10 @@ class BenchConfig:
             raise ValueError(f"only: unknown comparisons {unknown}; choose from {list(COMPARISONS)}")
         if self.threads < 1 or self.workers < 0:
             raise ValueError("threads must be >= 1 and workers >= 0")
-        most = max(self.bootstrap.shards, self.memory.large_shards, self.memory.small_shards)
+        most = max(self.bootstrap.shards, self.caption_vlm.shards, self.memory.large_shards, self.memory.small_shards)
         if most > self.world.web_shards:
             raise ValueError(f"world.web_shards={self.world.web_shards} is fewer than the {most} shards "
-                             "bootstrap.shards / memory.*_shards ask for")
+                             "bootstrap.shards / caption_vlm.shards / memory.*_shards ask for")
         if self.eval.repeats < 1 or self.loading.repeats < 1:
             raise ValueError("repeats must be >= 1")
         g = self.gpu
