@@ -2,6 +2,7 @@
 Chromium (the rendered DOM: cards per filter, a sorted order, escaped captions) and on disk."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -201,6 +202,12 @@ def test_listing_pages_and_a_screenshot(site, tmp_path):
 # On disk
 
 
+def data_uri_bytes(uri: str) -> bytes:
+    head, data = uri.split(",", 1)
+    assert head in ("data:image/jpeg;base64", "data:image/png;base64")
+    return base64.b64decode(data)
+
+
 def test_header_listings_and_thumbnails(site, world):
     run, index = site
     out = index.parent
@@ -209,10 +216,11 @@ def test_header_listings_and_thumbnails(site, world):
     assert "threshold web" in text and "selection.nothing_kept" in text
     for decision in ("kept", "dropped", "nothing"):
         assert sorted(p.name for p in (out / "pages" / decision).glob("*.html")) == ["00001.html", "00002.html"]
-    thumbs = sorted((out / "thumbs").rglob("*.jpg"))
     originals = [s["image_bytes"] for s in iter_samples(str(world))]
-    assert len(thumbs) == 24 and thumbs[0].read_bytes() in originals  # 64 px < thumb: copied, not re-encoded
-    assert all(json.loads(p.read_text())["version"] == extract.CACHE_VERSION for p in (out / "cache").glob("*.json"))
+    caches = [json.loads(p.read_text()) for p in sorted((out / "cache").glob("*.json"))]
+    thumbs = [data_uri_bytes(c["thumb"]) for record in caches for c in record["cards"]]
+    assert thumbs == originals  # 64 px < thumb: the original bytes, never re-encoded
+    assert text.count("data:image/jpeg;base64,") == 24
 
 
 def test_audit_figures_in_the_header(site, tmp_path):
@@ -236,17 +244,17 @@ def test_large_images_are_resized_and_bad_ones_counted(tmp_path):
     big = io.BytesIO()
     Image.new("RGB", (400, 300), "red").save(big, "PNG")
     with ShardWriter(run / "shards" / "00000.tar") as w:
-        w.write({"__key__": "../../escape", "png": big.getvalue(), "json": {"mmw2s": block}})
+        w.write({"__key__": "a", "png": big.getvalue(), "json": {"mmw2s": block}})
         w.write({"__key__": "b", "jpg": b"not a jpeg", "json": {"mmw2s": block}})
         w.write({"__key__": "c", "jpg": big.getvalue(), "json": {"caption": "no decision here"}})
         w.close()
     index = build(BrowseConfig(run=str(run), thumb=64))
     record = json.loads((index.parent / "cache" / "00000.json").read_text())
     good, bad = record["cards"]
-    assert Image.open(index.parent / good["thumb"]).size == (64, 48) and good["thumb"].startswith("thumbs/00000/")
+    assert Image.open(io.BytesIO(data_uri_bytes(good["thumb"]))).size == (64, 48)
     assert bad["thumb"] is None and "cannot identify image" in bad["thumb_error"]
     assert record["skipped"] == {"no_decision": 1}
-    assert not (tmp_path / "escape").exists() and "no thumbnail" in index.read_text()
+    assert "no thumbnail" in index.read_text()
 
 
 def test_rebuild_reuses_thumbnails_of_unchanged_shards(site, tmp_path, monkeypatch):
@@ -338,3 +346,23 @@ def test_report_html_has_inline_plots_escaped_text_and_browser_links(site, tmp_p
     assert "data-pwned" not in page.body
     rendered = chromium(html_path.as_uri(), tmp_path, "--dump-dom")
     assert "<td>student</td>" in rendered and "<td>42.0</td>" in rendered
+
+
+def test_bench_row_builds_a_run_of_the_asked_size(tmp_path):
+    from mmw2s.bench.browse import bench_browse
+    from mmw2s.bench.config import BenchConfig
+    from mmw2s.bench.fixtures import make_world
+    from mmw2s.config import load_config
+
+    cfg = load_config(BenchConfig, None, [f"out={tmp_path}", "world.samples_per_shard=4", "world.web_shards=2",
+                                          "world.test_samples=4", "world.image_size=64", "browse.samples=60",
+                                          "browse.samples_per_shard=25", "browse.index_samples=12",
+                                          "browse.repeats=1", "memory.large_shards=2", "bootstrap.shards=2",
+                                          "caption_vlm.shards=2"])
+    row = bench_browse(cfg, make_world(cfg))
+    assert row["name"] == "browse" and row["better"] == "lower" and row["target"] == 2.0
+    assert row["ours"] > 0 and row["theirs"] > 0 and row["ratio"] == pytest.approx(row["ours"] / row["theirs"], rel=1e-2)
+    assert row["details"]["shards"] == 3 and row["details"]["pages"] == 1 + 3  # index + one page per decision
+    site = tmp_path / "runs" / "browse_site"
+    assert (site / "index.html").read_text().count('<article class="card') == 12
+    assert sum(len(json.loads(p.read_text())["cards"]) for p in (site / "cache").glob("*.json")) == 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "gpu")
+COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "ray", "browse", "gpu")
 
 
 @dataclass
@@ -84,6 +84,19 @@ class MemoryBench:
 
 
 @dataclass
+class BrowseBench:
+    """The browse row: building `mmw2s browse` vs reading the same shards with our reader alone."""
+
+    samples: int = field(default=10000, metadata={"help": "samples of the browsed run (the world's web "
+                                                           "images cycled under new keys)"})
+    samples_per_shard: int = field(default=1000, metadata={"help": "samples per shard of that run"})
+    thumb: int = field(default=48, metadata={"help": "thumbnail side; below world.image_size, so every "
+                                                     "image is decoded and resized"})
+    index_samples: int = field(default=1000, metadata={"help": "cards on the index page"})
+    repeats: int = field(default=2, metadata={"help": "timed passes per side, interleaved; the best counts"})
+
+
+@dataclass
 class GpuBench:
     """The GPU rows (CUDA only): MFU of CLIP training, captioning and evaluation vs the FLOP bound.
 
@@ -131,6 +144,7 @@ class BenchConfig:
     eval: EvalBench = field(default_factory=EvalBench, metadata={"help": "evaluation row"})
     loading: LoadingBench = field(default_factory=LoadingBench, metadata={"help": "data-loading row"})
     memory: MemoryBench = field(default_factory=MemoryBench, metadata={"help": "memory row"})
+    browse: BrowseBench = field(default_factory=BrowseBench, metadata={"help": "browse row"})
     gpu: GpuBench = field(default_factory=GpuBench, metadata={"help": "GPU rows (skipped without CUDA)"})
 
     def validate(self) -> None:
@@ -144,6 +158,9 @@ class BenchConfig:
         if most > self.world.web_shards:
             raise ValueError(f"world.web_shards={self.world.web_shards} is fewer than the {most} shards "
                              "bootstrap.shards / caption_vlm.shards / memory.*_shards ask for")
+        br = self.browse
+        if min(br.samples, br.samples_per_shard, br.index_samples, br.repeats) < 1 or br.thumb < 16:
+            raise ValueError("browse: samples, samples_per_shard, index_samples, repeats must be >= 1, thumb >= 16")
         if self.eval.repeats < 1 or self.loading.repeats < 1:
             raise ValueError("repeats must be >= 1")
         g = self.gpu

@@ -20,8 +20,8 @@ from mmw2s.bench.fixtures import make_models, make_world, resolve_device, web_sh
 log = logging.getLogger(__name__)
 RESULT_FILE = "bench.json"
 UNITS = {"bootstrap": "images/s", "caption_vlm": "images/s", "train": "samples/s", "eval": "images/s", "loading": "samples/s",
-         "memory": "MiB peak", "gpu": ""}
-TARGETS = {"bootstrap": 0.8, "caption_vlm": 0.85, "train": 1.0, "eval": 1.5, "loading": 1.0, "memory": 1.1, "gpu": None}
+         "memory": "MiB peak", "ray": "images/s", "browse": "seconds", "gpu": ""}
+TARGETS = {"bootstrap": 0.8, "caption_vlm": 0.85, "train": 1.0, "eval": 1.5, "loading": 1.0, "memory": 1.1, "ray": 0.9, "browse": 2.0, "gpu": None}
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -34,7 +34,7 @@ def run(cfg: BenchConfig) -> dict:
     set_threads(cfg.threads)
     device, precision = resolve_device(cfg)
     world = make_world(cfg)
-    models = make_models(cfg, world) if {"bootstrap", "caption_vlm", "memory", "eval"} & set(cfg.only) else None
+    models = make_models(cfg, world) if {"bootstrap", "caption_vlm", "memory", "ray", "eval"} & set(cfg.only) else None
     rows = [r for name in cfg.only for r in _guarded(name, _comparison(name, cfg, world, models, device, precision))]
     result = {"rows": rows, "machine": machine(device, precision, cfg),
               "note": "ratio = ours / theirs, both measured side by side in this run; never compare "
@@ -63,6 +63,12 @@ def _comparison(name: str, cfg: BenchConfig, world: Path, models: Path | None, d
     if name == "train":
         from mmw2s.bench.training import bench_train
         return lambda: bench_train(cfg, world, device, precision)
+    if name == "browse":
+        from mmw2s.bench.browse import bench_browse
+        return lambda: bench_browse(cfg, world)
+    if name == "ray":
+        from mmw2s.bench.ray_engine import bench_ray
+        return lambda: bench_ray(cfg, world, models)
     if name == "gpu":
         from mmw2s.bench.gpu import bench_gpu
         return lambda: bench_gpu(cfg, device)

@@ -1,17 +1,20 @@
-"""From bootstrapped shards to browser records: one card per sample, its thumbnail written once.
+"""From bootstrapped shards to browser records: one card per sample, its thumbnail made once.
 
 Each output shard of the run is read with the project's shard reader (images left undecoded) and
 becomes `CACHE/NAME.json`: the shard's cards in tar order plus its read counts. A thumbnail is
-decoded at reduced scale (JPEG draft mode) and saved at most `thumb` pixels on its longest side;
-an image already that small is copied byte for byte. A rerun reuses the cache of every shard whose
-tar has not changed since (same size and modification time, same thumbnail size), so rebuilding
-the pages of a million-sample run does not extract its thumbnails again.
+decoded at reduced scale (JPEG draft mode), resized to at most `thumb` pixels on its longest side
+and kept in the card as a `data:` URI; an image already that small keeps its own bytes. The pages
+embed the thumbnails they show, so a site is a few files per page of cards, not one per sample
+(creating 10,000 small files cost more CPU than decoding the images here). A rerun reuses the
+cache of every shard whose tar has not changed (same size and modification time, same thumbnail
+size), so rebuilding the pages of a million-sample run does not decode its images again.
 
 Shards are untrusted: a sample without a readable `mmw2s` block is skipped and counted, every
-field is coerced to the type the pages expect, and file names come from positions, never keys.
+field is coerced to the type the pages expect, and no key ever names a file.
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -24,9 +27,9 @@ from PIL import Image
 
 from data_pipelines.shards import DEFAULT_MAX_PIXELS, ReadLimits, ShardEnd, Skip, shard_events, shard_name
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DECISIONS = ("kept", "dropped", "nothing")  # web caption kept / replaced by a synthetic one / no caption kept
-COPY_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # formats browsers show as they are
+COPY_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}  # shown as they are
 
 
 def safe_name(name: str) -> str:
@@ -83,8 +86,8 @@ def provenance(sample: dict) -> dict:
     return {k: block.get(k) for k in ("captioner", "filter", "threshold", "seed")}
 
 
-def write_thumb(data: bytes, path: Path, size: int) -> str:
-    """Write the thumbnail of image bytes under `path` (its suffix chosen here); returns the file name.
+def thumbnail(data: bytes, size: int) -> str:
+    """A `data:` URI of the image's thumbnail, at most `size` pixels on its longest side.
 
     Raises ValueError for an image over the reader's pixel limit, OSError for unreadable bytes.
     """
@@ -92,22 +95,21 @@ def write_thumb(data: bytes, path: Path, size: int) -> str:
     if image.width * image.height > DEFAULT_MAX_PIXELS:  # checked on the header: a bomb is never decoded
         raise ValueError(f"too large: {image.width}x{image.height}")
     if max(image.size) <= size and image.format in COPY_FORMATS:
-        target = path.with_suffix("." + COPY_FORMATS[image.format])
-        target.write_bytes(data)  # already thumbnail-sized: the original bytes, never re-encoded
-        return target.name
-    image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, much faster than full
-    image = image.convert("RGB")
-    image.thumbnail((size, size))
-    target = path.with_suffix(".jpg")
-    image.save(target, "JPEG", quality=82)
-    return target.name
+        image.verify()  # what the browser would fail to show is caught here, not left as a broken icon
+        payload, mime = data, COPY_FORMATS[image.format]  # already small: the bytes as they are
+    else:
+        image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, much faster than full
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image.thumbnail((size, size), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=80)
+        payload, mime = buf.getvalue(), "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(payload).decode("ascii")
 
 
 def extract_shard(url: str, out: Path, thumb: int) -> dict:
     """Cards and thumbnails of one bootstrapped shard; writes and returns its cache record."""
-    name = safe_name(shard_name(url))
-    thumbs = out / "thumbs" / name
-    thumbs.mkdir(parents=True, exist_ok=True)
     cards, skipped, first = [], {}, None
     end = ShardEnd(url)
     for item in shard_events(url, ReadLimits(decode_images=False, require_caption=False)):
@@ -122,14 +124,15 @@ def extract_shard(url: str, out: Path, thumb: int) -> dict:
             continue
         first = first or provenance(item)
         try:
-            c["thumb"] = f"thumbs/{name}/" + write_thumb(item["image_bytes"], thumbs / f"{len(cards):06d}", thumb)
-        except (OSError, ValueError, Image.DecompressionBombError) as exn:
+            c["thumb"] = thumbnail(item["image_bytes"], thumb)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exn:
             c["thumb"], c["thumb_error"] = None, f"{type(exn).__name__}: {exn}"[:200]
         cards.append(c)
     for reason, n in end.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + n
-    record = {"version": CACHE_VERSION, "source": source_stamp(url), "thumb": thumb, "shard": name,
-              "cards": cards, "skipped": skipped, "damaged": end.damaged, "provenance": first}
+    record = {"version": CACHE_VERSION, "source": source_stamp(url), "thumb": thumb,
+              "shard": shard_name(url), "cards": cards, "skipped": skipped, "damaged": end.damaged,
+              "provenance": first}
     _write_compact(cache_path(out, url), record)
     return record
 

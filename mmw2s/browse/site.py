@@ -1,9 +1,9 @@
 """`mmw2s browse`: a bootstrap run's decisions as a static HTML site that opens from disk.
 
-    RUN/browse/index.html               the run's header and a sample of cards, equal shares per decision
+    RUN/browse/index.html                the run's header and a sample of cards, equal shares per decision
     RUN/browse/pages/DECISION/NNNNN.html every sample, by decision (kept / dropped / nothing), paged
-    RUN/browse/thumbs/SHARD/NNNNNN.jpg   thumbnails, extracted once (see `extract.py`)
     RUN/browse/static/                   one stylesheet and one script, nothing fetched from the network
+    RUN/browse/cache/SHARD.json          each shard's cards with their thumbnails, made once (`extract.py`)
 
 Pages are rendered by Jinja2 with autoescape from the very records the shards' JSON holds: a
 caption is untrusted text and shows as text, whatever HTML it contains. Filtering, sorting,
@@ -55,8 +55,9 @@ def build(cfg: BrowseConfig) -> Path:
     header = run_header(run_dir, out, records, cfg.page_size)
     env = environment()
     _copy_static(out)
-    sample = stratified_sample(iter_cards(out, urls), cfg.samples, cfg.seed)
-    write_listings(env, out, header, iter_cards(out, urls), cfg.page_size)
+    sampler = Reservoirs(cfg.samples, cfg.seed)
+    write_listings(env, out, header, sampler.feed(iter_cards(out, urls)), cfg.page_size)
+    sample = sampler.sample()
     total = header["totals"]["samples"]
     scope = (f"All {total} samples of the run." if len(sample) == total else
              f"A sample of {len(sample)} of the run's {total} samples, an equal share per decision "
@@ -136,27 +137,42 @@ def run_header(run_dir: Path, out: Path, records: list[dict], page_size: int) ->
 # Which cards go where
 
 
-def stratified_sample(cards: Iterable[dict], n: int, seed: int) -> list[dict]:
-    """`n` cards at random (in run order), an equal share per decision where a decision has enough.
+class Reservoirs:
+    """A uniform sample of `n` cards per decision from a stream of any length (Algorithm R), so
+    memory stays at O(n) for a run of any size."""
 
-    One reservoir of `n` per decision (Algorithm R) keeps memory at O(n) for any run size; a
-    decision with fewer cards than its share gives the rest to the others.
-    """
-    rng = random.Random(seed)
-    pools: dict[str, list[dict]] = {d: [] for d in DECISIONS}
-    seen = {d: 0 for d in DECISIONS}
-    for c in cards:
-        d = c["decision"]
-        seen[d] += 1
-        if len(pools[d]) < n:
-            pools[d].append(c)
-        else:
-            j = rng.randrange(seen[d])
-            if j < n:
-                pools[d][j] = c
-    shares = _shares({d: len(p) for d, p in pools.items()}, n)
-    chosen = [c for d, p in pools.items() for c in rng.sample(p, shares[d])]
-    return sorted(chosen, key=lambda c: c["order"])
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.rng = n, random.Random(seed)
+        self.pools: dict[str, list[dict]] = {d: [] for d in DECISIONS}
+        self.seen = {d: 0 for d in DECISIONS}
+
+    def feed(self, cards: Iterable[dict]) -> Iterator[dict]:
+        """Pass `cards` through, keeping the sample."""
+        for c in cards:
+            d = c["decision"]
+            self.seen[d] += 1
+            if len(self.pools[d]) < self.n:
+                self.pools[d].append(c)
+            else:
+                j = self.rng.randrange(self.seen[d])
+                if j < self.n:
+                    self.pools[d][j] = c
+            yield c
+
+    def sample(self) -> list[dict]:
+        """`n` cards in run order, an equal share per decision where a decision has enough; a
+        decision with fewer cards than its share gives the rest to the others."""
+        shares = _shares({d: len(p) for d, p in self.pools.items()}, self.n)
+        chosen = [c for d, p in self.pools.items() for c in self.rng.sample(p, shares[d])]
+        return sorted(chosen, key=lambda c: c["order"])
+
+
+def stratified_sample(cards: Iterable[dict], n: int, seed: int) -> list[dict]:
+    """`n` cards at random (in run order), an equal share per decision (see `Reservoirs`)."""
+    sampler = Reservoirs(n, seed)
+    for _ in sampler.feed(cards):
+        pass
+    return sampler.sample()
 
 
 def _shares(available: dict[str, int], n: int) -> dict[str, int]:
@@ -229,6 +245,11 @@ def _score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _score_attr(value: float | None) -> str:
+    """A score as the page's script reads it from a data attribute ("" when there is none)."""
+    return "" if value is None else f"{value:.6f}"
+
+
 def environment():
     """The Jinja2 environment of every page: templates from this package, HTML autoescaped."""
     import jinja2
@@ -236,7 +257,7 @@ def environment():
     env = jinja2.Environment(loader=jinja2.PackageLoader("mmw2s.browse", "templates"),
                              autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, num=_num, score=_score)
+    env.filters.update(pct=_pct, num=_num, score=_score, score_attr=_score_attr)
     env.globals.update(DECISIONS=DECISIONS, DECISION_LABELS=DECISION_LABELS)
     return env
 
