@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from data_pipelines.shards import ShardWriter, is_complete, iter_samples
+from mmw2s.bench.ray_engine import ACTOR_TITLE, descendant_pids
 from mmw2s.config import load_config
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: auth on, no warning per init
@@ -112,30 +113,6 @@ def test_rerun_does_no_work_and_starts_no_actor(world, tiny_models, ray_run, tmp
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
 
 
-def our_actor_pids(title: str) -> list[int]:
-    """Processes of this test's Ray instance (descendants of this process) whose title starts
-    with `title` (Ray titles a worker `ray::Class.method` while it runs that method)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if not (entry / "cmdline").read_bytes().startswith(title.encode()):
-                continue
-        except OSError:
-            continue
-        pid = int(entry.name)
-        while pid > 1:
-            try:
-                pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                break
-            if pid == os.getpid():
-                found.append(int(entry.name))
-                break
-    return found
-
-
 @pytest.mark.slow
 def test_an_actor_killed_mid_shard_is_replaced_and_the_output_is_the_same(world, tiny_models, local_reference,
                                                                            tmp_path):
@@ -144,7 +121,7 @@ def test_an_actor_killed_mid_shard_is_replaced_and_the_output_is_the_same(world,
     job.start()
     killed, deadline = None, time.monotonic() + 120
     while killed is None and job.is_alive() and time.monotonic() < deadline:
-        busy = our_actor_pids("ray::ShardActor.run_shard")
+        busy = descendant_pids(os.getpid(), ACTOR_TITLE)  # this test's Ray instance only
         if busy:
             killed = busy[0]
             os.kill(killed, signal.SIGKILL)
