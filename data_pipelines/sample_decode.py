@@ -35,6 +35,7 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 # are skipped unparsed: a person opening the file in a browser sees nothing either, and each
 # extra PIL plugin is more parser exposed to untrusted bytes.
 VIEWABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "ICO", "AVIF")
+ORIENTATION = 0x0112  # the EXIF tag
 DETAIL_CHARS = 300  # skip details and keys in stats are cut to this (they may be hostile, and huge)
 
 
@@ -191,7 +192,8 @@ def viewed_rgb(image: Image.Image) -> Image.Image:
     grey scaled to 8 bits, where a plain `convert("RGB")` clips everything above 255 to white.
     """
     try:
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even upright images
+            image = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - broken EXIF: viewers show the image unrotated
         pass
     if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I: integer grey in 0..65535

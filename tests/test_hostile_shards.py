@@ -424,3 +424,16 @@ def test_clip_training_runs_on_hostile_shards_and_counts_the_skips(hostile, tmp_
     assert skipped.get("bad_json", 0) >= 1 and skipped.get("duplicate_key", 0) >= 2
     named = {(s["key"], s["reason"]) for s in state["data_by_rank"][0]["skipped_samples"]}
     assert ("deep", "bad_json") in named and all(s["shard"] for s in state["data_by_rank"][0]["skipped_samples"])
+
+
+def test_training_stops_clearly_when_no_sample_has_usable_text(tmp_path):
+    from mmw2s.train.config import TextConfig
+    from mmw2s.train.data import make_loader
+    from mmw2s.train.texts import TextSelector
+
+    write_tar(tmp_path / "00000.tar", good(3))  # readable, but none has the field trained on
+    select = TextSelector(TextConfig(source="json", field="mmw2s.chosen"))
+    loader = make_loader(str(tmp_path), select, lambda ims: torch.zeros(len(ims), 3, 4, 4), batch_size=2,
+                         workers=0, seed=0, rank=0, world=1)
+    with pytest.raises(RuntimeError, match="no readable samples with usable text"):
+        next(iter(loader))  # before: read the shard forever, waiting for a first batch
