@@ -71,7 +71,8 @@ class PromptedInputs:
     def __call__(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         rgb = [[im.convert("RGB")] for im in images]  # nested: one image per sample
         enc = self.processor(images=rgb, text=[self.text] * len(rgb), padding=True, return_tensors="pt")
-        return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        # `labels` (PaliGemma's processor builds them from token_type_ids) are for training only
+        return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor) and k != "labels"}
 
 
 class PromptedCaptioner(Captioner):

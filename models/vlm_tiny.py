@@ -149,8 +149,26 @@ def _smolvlm(words: list[str], image_size: int) -> tuple[Any, Any]:
     return SmolVLMForConditionalGeneration(config), processor
 
 
+def _paligemma(words: list[str], image_size: int) -> tuple[Any, Any]:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+
+    tok = word_tokenizer(words, [])
+    patch = 8
+    images = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    images.image_seq_length = (image_size // patch) ** 2
+    # The processor adds "<image>" and PaliGemma's 1024 <locNNNN> + 128 <segNNN> tokens itself.
+    processor = PaliGemmaProcessor(images, tok)
+    text = _text(tok, head_dim=8)
+    config = PaliGemmaConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=image_size, patch_size=patch, projection_dim=32),
+        text_config=dict(model_type="gemma", **text), image_token_index=tok.convert_tokens_to_ids("<image>"),
+        projection_dim=32, hidden_size=32, vocab_size=len(tok), tie_word_embeddings=False)
+    return PaliGemmaForConditionalGeneration(config), processor
+
+
 FAMILIES: dict[str, Callable[[list[str], int], tuple[Any, Any]]] = {
-    "blip-2": _blip2, "llava": _llava, "qwen2_vl": _qwen2_vl, "smolvlm": _smolvlm}
+    "blip-2": _blip2, "llava": _llava, "qwen2_vl": _qwen2_vl, "smolvlm": _smolvlm, "paligemma": _paligemma}
 
 
 def build_tiny_vlm(family: str, folder: str | Path, words: Iterable[str] = (), image_size: int = 32,

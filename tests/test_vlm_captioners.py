@@ -90,7 +90,7 @@ def vlms(tmp_path_factory, world):
 
     words = {w for s in iter_samples(str(world), ReadLimits(decode_images=False)) for w in s["caption"].split()}
     root = tmp_path_factory.mktemp("vlms")
-    return {f: build_tiny_vlm(f, root / f, words) for f in FAMILIES}
+    return {f: build_tiny_vlm(f, root / f, words) for f in [*FAMILIES, "paligemma"]}
 
 
 def bootstrap(world, clip, captioner, out, *extra):
@@ -156,20 +156,23 @@ def test_a_padded_row_gives_the_caption_it_gives_alone(vlms, family):
 
 
 def test_markup_tokens_are_removed_from_captions(vlms):
-    """PaliGemma's <loc…>/<seg…> are plain added tokens that skip_special_tokens keeps."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from models.vlm_captioner import PromptedCaptioner
-
-    processor = AutoProcessor.from_pretrained(vlms["qwen2_vl"])
-    processor.tokenizer.add_tokens(["<loc0042>", "<seg007>"])
-    cap = PromptedCaptioner(AutoModelForImageTextToText.from_pretrained(vlms["qwen2_vl"]), processor, PROMPT)
-    ids = processor.tokenizer.convert_tokens_to_ids(["red", "<loc0042>", "circle", "<seg007>"])
-    prompt = cap.input_builder()([Image.new("RGB", (28, 28))])["input_ids"]
+    """PaliGemma's processor adds 1024 <locNNNN> and 128 <segNNN> tokens as plain added tokens, which
+    skip_special_tokens keeps: they never reach a caption."""
     import torch
 
-    out = torch.cat([prompt, torch.tensor([ids])], dim=1)
-    assert cap.decode(out, prompt) == ["red circle"]
+    from models import CaptionerSpec
+    from models.captioner_build import load_captioner
+
+    cap = load_captioner(CaptionerSpec(name=str(vlms["paligemma"]), prompt="caption en"))
+    ids = cap.tokenizer.convert_tokens_to_ids(["red", "<loc0042>", "circle", "<seg007>"])
+    assert cap.tokenizer.decode(ids, skip_special_tokens=True).count("<") == 2  # what we undo
+    batch = cap.input_builder()([Image.new("RGB", (32, 32)), Image.new("RGB", (48, 32))])
+    assert "labels" not in batch
+    out = torch.cat([batch["input_ids"][:1], torch.tensor([ids])], dim=1)
+    assert cap.decode(out, batch["input_ids"][:1]) == ["red circle"]  # decoder-only: prompt + new tokens
+    assert cap.decode(torch.tensor([ids]), batch["input_ids"][:1]) == ["red circle"]  # encoder-decoder: new only
+    captions = cap.caption(batch, method="nucleus", num_captions=3, max_new_tokens=12, seed=0)
+    assert all("<" not in c for row in captions for c in row)
 
 
 def test_long_captions_are_truncated_by_the_filter_and_counted(world, clip, vlms, tmp_path):
@@ -198,7 +201,8 @@ def test_errors_before_any_work(world, clip, vlms, tmp_path):
         (no_images / name).unlink(missing_ok=True)
     cases = [(text_only, [f"captioner.prompt={PROMPT}"], "not an image-text model"),
              (vlms["qwen2_vl"], [], "chat model"),
-             (no_images, [f"captioner.prompt={PROMPT}"], "image processor")]
+             (no_images, [f"captioner.prompt={PROMPT}"], "image processor"),
+             (vlms["llava"], [f"captioner.prompt={PROMPT}", "captioner.chat_template=none"], "image token")]
     for i, (model, extra, message) in enumerate(cases):
         with pytest.raises(StageError, match=message):
             bootstrap(world, clip, model, tmp_path / f"run{i}", *extra)
