@@ -27,7 +27,7 @@ from PIL import Image
 
 from data_pipelines.shards import DEFAULT_MAX_PIXELS, ReadLimits, ShardEnd, Skip, shard_events, shard_name
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DECISIONS = ("kept", "dropped", "nothing")  # web caption kept / replaced by a synthetic one / no caption kept
 COPY_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}  # shown as they are
 
@@ -61,8 +61,10 @@ def card(sample: dict) -> dict | None:
     if not isinstance(block, dict) or not isinstance(block.get("synthetic", []), list):
         return None
     synthetic = [{"caption": _text(s.get("caption")) or "", "score": _score(s.get("score")),
-                  "kept": bool(s.get("kept"))} for s in block.get("synthetic", []) if isinstance(s, dict)]
+                  "kept": bool(s.get("kept")), "invalid": _text(s.get("invalid"))}
+                 for s in block.get("synthetic", []) if isinstance(s, dict)]
     chosen = _text(block.get("chosen"))
+    nothing = bool(block.get("nothing_kept", chosen is None)) or chosen is None
     source = block.get("chosen_source") if block.get("chosen_source") in ("web", "synthetic") else None
     web_kept = bool(block.get("web_kept"))
     truth = meta.get("truth")
@@ -73,7 +75,8 @@ def card(sample: dict) -> dict | None:
                 "kept": web_kept},
         "synthetic": synthetic,
         "chosen": chosen, "source": source, "chosen_score": _score(block.get("chosen_score")),
-        "decision": decision(web_kept, chosen is None),
+        "decision": decision(web_kept, nothing),
+        "original_key": _text(block.get("original_key")),  # the input's key, when it was renamed
         # Evaluation only: the synthetic world's truth; the bootstrap never read it.
         "truth": ({"noise_type": _text(truth.get("noise_type")) or "unknown",
                    "gold_caption": _text(truth.get("gold_caption"))} if isinstance(truth, dict) else None),
