@@ -366,3 +366,12 @@ def test_bench_row_builds_a_run_of_the_asked_size(tmp_path):
     site = tmp_path / "runs" / "browse_site"
     assert (site / "index.html").read_text().count('<article class="card') == 12
     assert sum(len(json.loads(p.read_text())["cards"]) for p in (site / "cache").glob("*.json")) == 60
+
+
+def test_worker_processes_build_the_same_site(site, tmp_path):
+    run, _ = site
+    one = build(BrowseConfig(run=str(run), out=str(tmp_path / "one"), page_size=5))
+    two = build(BrowseConfig(run=str(run), out=str(tmp_path / "two"), page_size=5, workers=2))
+    assert one.read_text() == two.read_text()
+    listing = Path("pages") / "dropped" / "00002.html"
+    assert (one.parent / listing).read_text() == (two.parent / listing).read_text()
