@@ -167,8 +167,29 @@ def _paligemma(words: list[str], image_size: int) -> tuple[Any, Any]:
     return PaliGemmaForConditionalGeneration(config), processor
 
 
+def _florence2(words: list[str], image_size: int) -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    tok = word_tokenizer(words, ["<image>"], image_token="<image>")
+    tok.image_token_id = tok.convert_tokens_to_ids("<image>")
+    ids = _ids(tok, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    text = dict(model_type="bart", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=len(tok),
+                max_position_embeddings=512, decoder_start_token_id=ids["eos_token_id"], forced_eos_token_id=None,
+                tie_word_embeddings=False, **ids)
+    vision = dict(depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
+                  patch_prenorm=[False, True], embed_dim=[16, 32], num_heads=[2, 4], num_groups=[2, 4],
+                  window_size=2, projection_dim=32, drop_path_rate=0.0)
+    config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tok.image_token_id,
+                             tie_word_embeddings=False)
+    images = CLIPImageProcessor(size={"height": image_size, "width": image_size}, do_center_crop=False)
+    images.image_seq_length = (image_size // 8) ** 2 + 1  # stride-8 grid + the pooled token
+    return Florence2ForConditionalGeneration(config), Florence2Processor(images, tok)
+
+
 FAMILIES: dict[str, Callable[[list[str], int], tuple[Any, Any]]] = {
-    "blip-2": _blip2, "llava": _llava, "qwen2_vl": _qwen2_vl, "smolvlm": _smolvlm, "paligemma": _paligemma}
+    "blip-2": _blip2, "llava": _llava, "qwen2_vl": _qwen2_vl, "smolvlm": _smolvlm, "paligemma": _paligemma,
+    "florence2": _florence2}
 
 
 def build_tiny_vlm(family: str, folder: str | Path, words: Iterable[str] = (), image_size: int = 32,

@@ -1,4 +1,4 @@
-"""Prompted VLM captioners (BLIP-2, LLaVA, Qwen2-VL, SmolVLM): tiny random real models saved with
+"""Prompted VLM captioners (BLIP-2, LLaVA, Qwen2-VL, SmolVLM, Florence-2, PaliGemma): tiny random real models saved with
 their processors, loaded by path by `mmw2s bootstrap`; and the caption rules every captioner obeys
 (no empty / prompt-only caption kept; every written sample has a .txt)."""
 from __future__ import annotations
@@ -20,7 +20,8 @@ from mmw2s.config import load_config
 from mmw2s.errors import StageError
 
 PROMPT = "Describe this image in one sentence."
-FAMILIES = ["blip-2", "llava", "qwen2_vl", "smolvlm"]
+FAMILIES = ["blip-2", "llava", "qwen2_vl", "smolvlm", "florence2"]  # florence2: an encoder-decoder
+NO_CHAT = {"blip-2", "florence2"}  # processors without a chat template
 ABS = Thresholds(mode="absolute", web=0.5, synthetic=0.5)
 
 
@@ -135,7 +136,7 @@ def test_bootstrap_captions_with_a_prompted_vlm(world, clip, vlms, family, tmp_p
     cap = next(iter(first.values()))["captioner"]
     assert cap["kind"] == "prompted" and cap["model_type"] == family and cap["prompt"] == PROMPT
     assert cap["decoding"]["method"] == "nucleus" and cap["decoding"]["max_new_tokens"] == 8
-    assert (cap["chat_template"] is None) == (family == "blip-2") and PROMPT in cap["model_input"]
+    assert (cap["chat_template"] is None) == (family in NO_CHAT) and PROMPT in cap["model_input"]
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "smolvlm"])
