@@ -198,7 +198,7 @@ def viewed_rgb(image: Image.Image) -> Image.Image:
         pass
     if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I: integer grey in 0..65535
         grey = np.asarray(image).astype(np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))  # (H, W) uint8: mode L
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

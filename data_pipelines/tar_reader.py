@@ -143,7 +143,7 @@ class _Tracked:
             pass
         if self.last_data >= tar_offset:
             return (f"unreadable member header at byte {tar_offset}: the {self.position - tar_offset} bytes "
-                    "after it were not read")
+                    "from there were not read (a corrupt header, or data after the end-of-archive marker)")
         if self.position - tar_offset < 2 * tarfile.BLOCKSIZE:
             return "truncated: the tar ends without its end-of-archive marker"
         return None
@@ -272,10 +272,12 @@ def _read(source: Any, url: str, limits: ReadLimits, end: ShardEnd, errors: list
         return
     try:
         yield from _samples(tar, url, limits, end)
-        damage = stream.damage_at_end(tar.offset)
     except _Damage as exn:
-        damage = str(exn)
-    except (OSError, EOFError, lzma.LZMAError) as exn:  # the decompressor, while draining the rest
+        errors.append(str(exn))
+        return
+    try:
+        damage = stream.damage_at_end(tar.offset)
+    except Exception as exn:  # noqa: BLE001 - the source or decompressor failing on the rest (bad CRC, ...)
         damage = _describe(exn)
     if damage:
         errors.append(damage)

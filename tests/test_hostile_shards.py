@@ -160,6 +160,10 @@ def test_compressed_shards_are_read_whole_and_listed(tmp_path, suffix, mode):
     (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) * 2 // 3])  # a cut-off compressed download
     _, _, cut = read(tmp_path / "cut.tar.gz")
     assert cut.damaged
+    if mode == "w:gz":  # every member intact, but the stream's checksum is wrong
+        (tmp_path / "crc.tar.gz").write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:])
+        samples, _, bad_crc = read(tmp_path / "crc.tar.gz")
+        assert len(samples) == 5 and "CRC" in bad_crc.damaged
 
 
 def test_a_plain_tar_that_merely_starts_like_bzip2_is_a_tar(tmp_path):
