@@ -166,3 +166,14 @@ def test_ray_engine_refuses_the_ceiling_and_an_actor_larger_than_the_cluster(wor
         ray_bootstrap(world, tiny_models, tmp_path / "a", "measure_ceiling=true")
     with pytest.raises(StageError, match="2.0 CPUs and 0 GPUs"):
         ray_bootstrap(world, tiny_models, tmp_path / "b", "ray.num_gpus_per_worker=1")
+
+
+@pytest.mark.slow
+def test_a_shard_that_fails_for_good_stops_the_job_naming_it(world, tiny_models, tmp_path):
+    """Not a sample's fault (here its output path cannot be written): the job stops, shard named."""
+    from mmw2s.errors import StageError
+
+    out = tmp_path / "out"
+    (out / "shards" / "00001.tar.partial").mkdir(parents=True)
+    with pytest.raises(StageError, match=r"shard \S*00001\.tar failed"):
+        bootstrap(world, tiny_models, out, "engine=ray", "ray.concurrency=1")  # one actor starts faster
