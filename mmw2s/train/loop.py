@@ -36,7 +36,7 @@ from mmw2s.errors import StageError
 from mmw2s.config import save_config
 from mmw2s.train import checkpoint as ckpt
 from mmw2s.train.config import TrainConfig
-from mmw2s.train.data import DataStats, hash_seed, loader_settings, make_loader
+from mmw2s.train.data import LISTED_SKIPS, DataStats, hash_seed, loader_settings, make_loader
 from mmw2s.train.metrics import MetricsLogger, plot_loss
 from mmw2s.train.tasks import TrainTask, build_task, model_path
 from mmw2s.train.texts import TextSelector
@@ -324,6 +324,7 @@ def _sum_data(data_by_rank: list[dict]) -> dict:
         part = DataStats.from_dict(d)
         total.samples += part.samples
         total.skipped.update(part.skipped)
+        total.skipped_samples.extend(part.skipped_samples[:LISTED_SKIPS - len(total.skipped_samples)])
         total.shards_read += part.shards_read
         total.damaged.extend(part.damaged)
     return total.to_dict()
