@@ -106,6 +106,10 @@ def captioning_markdown(cap: CaptioningResults, agg: dict[str, dict[str, tuple]]
     rows = [[st, names.get(k, k), *[fmt(t[st].get(k), pct=False) for t in cap.pgr_per_seed],
              fmt(*cap.pgr[st][k], pct=False)] for st in cap.students for k in [*METRICS, "mean"]]
     zero_keys = [*benches, "mean"]
+    zero_shot = ["PGR of the captioning students on the zero-shot suites against the weak captioner alone:", "",
+                 markdown_table(["student", *zero_keys],
+                                [[st, *[fmt(*cap.zero_shot_pgr[st][k], pct=False) for k in zero_keys]]
+                                 for st in cap.students]), ""] if benches else []
     return [
         "## Captioning students", "",
         "Captioners trained from scratch with equal budgets on raw alt-text, filter-only, captioner + "
@@ -116,11 +120,7 @@ def captioning_markdown(cap: CaptioningResults, agg: dict[str, dict[str, tuple]]
         "PGR on the caption metrics against the weak captioner (ceiling `captioner_gold`; for the "
         "hallucination rate the gap is turned around, so 1 is the ceiling's rate and 0 the weak "
         "captioner's), per seed and mean ± std:", "",
-        markdown_table(["student", "metric", *seed_cols, "mean ± std"], rows), "",
-        "PGR of the captioning students on the zero-shot suites against the weak captioner alone:", "",
-        markdown_table(["student", *zero_keys],
-                       [[st, *[fmt(*cap.zero_shot_pgr[st][k], pct=False) for k in zero_keys]]
-                        for st in cap.students]), ""]
+        markdown_table(["student", "metric", *seed_cols, "mean ± std"], rows), "", *zero_shot]
 
 
 # --------------------------------------------------------------------------------------------

@@ -296,7 +296,8 @@ def write_report(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
 
 
 def _print_headline(res: Results) -> None:
-    print("\n" + scores_table(res))
+    if res.benches:
+        print("\n" + scores_table(res))
     if res.students:
         print("\nPGR (performance gap recovered; 0 = best weak teacher, 1 = gold ceiling)\n"
               + pgr_markdown(res))
@@ -338,9 +339,11 @@ def _report_text(cfg: ExperimentConfig, res: Results, steps_by_seed: dict, out: 
     sections: list[Any] = [
         "# Weak-to-strong report", "",
         f"Run folder `{out}`; {_spread(steps_by_seed)}. Numbers in %: top-1 accuracy for classification, "
-        "the mean of image->text and text->image recall@1 for retrieval, exact match for VQA.", "",
-        "## Models x benchmarks", "", scores_table(res), "",
+        "the mean of image->text and text->image recall@1 for retrieval, exact match for VQA and for "
+        "captions.", "",
     ]
+    if res.benches:  # none when every suite is one without a headline number (captions only)
+        sections += ["## Models x benchmarks", "", scores_table(res), ""]
     if res.students:
         sections += [
             "## Performance gap recovered", "",
