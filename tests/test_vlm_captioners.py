@@ -268,3 +268,19 @@ def test_the_shipped_vlm_config_loads_with_its_prompt_file(monkeypatch):
     cfg = load_config(BootstrapConfig, root / "configs" / "bootstrap_vlm.yaml", [])
     assert cfg.captioner.prompt == (root / "configs/prompts/caption/short.txt").read_text().strip()
     assert cfg.filter.kind == "clip" and cfg.filter.dual_encoder.arch == "ViT-B-32"
+
+
+def test_revision_of_a_git_clone_is_recorded(tmp_path):
+    """`git clone https://huggingface.co/...` folders: HEAD's commit, loose or packed ref."""
+    from models.vlm_captioner import checkpoint_revision
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    git = tmp_path / "clone" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert checkpoint_revision(str(tmp_path / "clone")) is None  # a ref to nothing yet
+    (git / "packed-refs").write_text(f"# pack-refs with: peeled\n{sha} refs/heads/main\n")
+    assert checkpoint_revision(str(tmp_path / "clone")) == sha
+    (git / "refs" / "heads" / "main").write_text(sha[::-1] + "\n")
+    assert checkpoint_revision(str(tmp_path / "clone")) == sha[::-1]
+    assert checkpoint_revision(str(tmp_path)) is None  # not a clone
