@@ -238,7 +238,7 @@ def _pct(value: float | None) -> str:
 def _num(value: object) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _score(value: float | None) -> str:
@@ -258,7 +258,8 @@ def environment():
                              autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=_pct, num=_num, score=_score, score_attr=_score_attr)
-    env.globals.update(DECISIONS=DECISIONS, DECISION_LABELS=DECISION_LABELS)
+    env.globals.update(DECISIONS=DECISIONS, DECISION_LABELS=DECISION_LABELS, THRESHOLD_KEYS=(
+        "mode", "web", "synthetic", "web_fraction", "synthetic_fraction", "calibration_samples"))
     return env
 
 
