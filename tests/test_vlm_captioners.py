@@ -249,6 +249,11 @@ def test_flagged_samples_carry_their_web_caption_as_txt(world, clip, vlms, tmp_p
     for key, (txt, meta) in seen.items():
         assert txt == webs[key] and meta["mmw2s"]["nothing_kept"] and meta["mmw2s"]["chosen"] is None
         assert select({"caption": txt, "json": meta}, random.Random(0)) is None  # never trained on
+    from mmw2s.audit import audit
+
+    result, rows = audit(tmp_path)  # written, but no chosen caption: the .txt is not read as one
+    assert len(rows) == 12 and all(r["written"] and r["chosen"] is None for r in rows)
+    assert result["chosen"]["with_caption"] == 0
 
 
 def test_invalid_captions_never_train_even_when_unkept_captions_may():
