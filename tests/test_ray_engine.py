@@ -97,7 +97,8 @@ def test_ray_engine_writes_the_local_engines_bytes(local_reference, ray_run):
     assert snapshot(out) == snapshot(local)  # tars byte for byte, stats, calibrated thresholds
     assert len([n for n in snapshot(out) if n.endswith(".tar")]) == SHARDS
     assert not list(out.glob("shards/*.partial"))
-    same = ("shards", "complete_shards", "written", "decoded", "web_kept", "synthetic_kept", "kept_fraction", "thresholds")
+    same = ("shards", "complete_shards", "written", "decoded", "web_kept", "synthetic_kept", "kept_fraction",
+            "thresholds")
     assert {k: summary[k] for k in same} == {k: local_summary[k] for k in same}
     assert summary["images_this_run"] == 8 * SHARDS and summary["images_per_s"] > 0
     workers = summary["ranks"]

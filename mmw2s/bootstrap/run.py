@@ -61,7 +61,8 @@ def bootstrap(cfg: BootstrapConfig, engine: Any) -> dict:
     summary = summarize(out, urls, thresholds, workers, ceiling)
     if engine.is_main:
         write_json_atomic(out / SUMMARY_FILE, summary)
-        log.info("bootstrap done: %s", json.dumps({k: summary[k] for k in ("written", "kept_fraction", "images_per_s")}))
+        totals = {k: summary[k] for k in ("written", "kept_fraction", "images_per_s")}
+        log.info("bootstrap done: %s", json.dumps(totals))
     engine.barrier()
     return summary
 

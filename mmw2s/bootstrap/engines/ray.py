@@ -7,27 +7,29 @@ shard per task, with retries when an actor dies.
 Why actors with a task queue, not Ray Data `map_batches(Callable, compute=ActorPoolStrategy(...))`:
 the unit of work is a whole shard (read with our own reader, written by our atomic writer), not a
 stream of rows, so Ray Data's blocks, its Arrow conversion and its own webdataset decoder (which
-we would not run on untrusted shards) add nothing; measured on 2 cores with ray 2.60, 16
+we would not run on untrusted shards) add nothing. Measured for issue 19 (2 cores, ray 2.60): 16
 one-second items on 2 actors took ~2 s with a plain actor pool against ~4 s with Ray Data, whose
-`ray[data]` extra also brings pyarrow and pandas (~600 MB). Ray still does what we must not write
-ourselves: it starts the actors on the cluster's nodes, restarts an actor whose process or node
-dies (`max_restarts=-1`) and re-runs its shard in flight (`max_task_retries`), on the restarted
-actor, wherever Ray places it. The queue here is twenty lines: an idle actor takes the next shard,
-so a slow node simply does fewer shards.
+`ray[data]` extra also brings pyarrow and pandas (~600 MB). And not `ray.util.ActorPool` itself:
+its results do not say which shard failed, and it would leave a dead actor's shard to that actor.
+Ray still does what we must not write ourselves: it starts the actors on the cluster's nodes and
+restarts an actor whose process or node dies (`max_restarts=-1`), wherever it can place it. The
+queue here is a few lines: an idle actor takes the next shard, so a slow node simply does fewer
+shards, and the shard of an actor that died goes to the next idle actor (`ray.max_retries` times
+at most) instead of waiting for the restarted one.
 
-A shard may so be *started* twice (a task re-run after its first process was presumed dead): the
-output shard is the same bytes either way, and `ShardWriter` lets only one writer at a time hold
-a shard's `.partial` file, so two starts never mix. The driver calibrates the thresholds
-before any actor starts, shows shards done / total and images/s, and merges the summary from the
-shards' stats files, as engine=local does. The pool is fixed at `ray.concurrency` actors: nodes that join later get
-work only as restarted actors (Ray Data's autoscaling actor pools would grow instead).
+A shard may so be *started* twice (its first actor presumed dead while still writing): the output
+shard is the same bytes either way, and `ShardWriter` lets only one writer at a time hold a
+shard's `.partial` file, so two starts never mix. The driver calibrates the thresholds before any
+actor starts, shows shards done / total and images/s, and merges the summary from the shards'
+stats files, as engine=local does. The pool is fixed at `ray.concurrency` actors: nodes that join
+later get work only as restarted actors (Ray Data's autoscaling actor pools would grow instead).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +139,10 @@ class RayEngine:
         r = self.cfg.ray
         check_resources(ray.cluster_resources(), r.num_cpus_per_worker, r.num_gpus_per_worker,
                         fixed=r.address == "local")
+        # Ray restarts a dead actor (max_restarts=-1); `dispatch` re-queues its shard for any idle
+        # actor, rather than Ray re-running it on the same one once restarted (max_task_retries).
         options = dict(num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker,
-                       max_restarts=-1, max_task_retries=r.max_retries)
+                       max_restarts=-1, max_task_retries=0)
         remote = ray.remote(ShardActor).options(**options)
         actors = [remote.remote(job, r.num_cpus_per_worker) for _ in range(size)]
         pids = ray.get([a.pid.remote() for a in actors])
@@ -161,31 +165,48 @@ def check_resources(cluster: dict, cpus: float, gpus: float, fixed: bool) -> Non
 def dispatch(actors: list[Any], todo: list[str], retries: int, progress: bool = True) -> list[list[dict]]:
     """Run every shard of `todo` on the first idle actor; returns each actor's shard stats.
 
-    A shard whose task fails for good (an error in it, or its actor died `retries` + 1 times)
-    stops the job with the shard named: what is complete stays complete for the rerun.
+    A shard whose actor died goes back to the head of the queue, for another idle actor; Ray
+    restarts the dead one, which takes work again once a probe call answers. A shard that fails
+    for good (an error raised in it, or its actor died `retries` + 1 times) stops the job with the
+    shard named: what is complete stays complete for the rerun.
     """
     import ray
 
-    queue, idle = deque(todo), list(range(len(actors)))
+    lost = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError)
+    queue, idle, deaths = deque(todo), deque(range(len(actors))), Counter()
     pending: dict[Any, tuple[str, int]] = {}
+    restarting: dict[Any, int] = {}  # probe call -> actor; the probe waits out the restart
     done: list[list[dict]] = [[] for _ in actors]
     bar = ShardProgress(len(todo), progress)
-    while queue or pending:
-        while queue and idle:
-            i, url = idle.pop(), queue.popleft()
-            pending[actors[i].run_shard.remote(url)] = (url, i)
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        url, i = pending.pop(ready)
-        try:
-            stats = ray.get(ready)
-        except ray.exceptions.RayError as exn:
-            bar.close()
-            raise StageError(f"shard {url} failed on a Ray actor (retried up to {retries} times if its "
-                             f"actor died): {exn}") from exn
-        done[i].append(stats)
-        idle.append(i)
-        bar.update(stats["decoded"])
-    bar.close()
+    try:
+        while queue or pending:
+            while queue and idle:
+                i, url = idle.popleft(), queue.popleft()
+                pending[actors[i].run_shard.remote(url)] = (url, i)
+            [ready], _ = ray.wait([*pending, *restarting], num_returns=1)
+            if ready in restarting:
+                idle.append(restarting.pop(ready))
+                continue
+            url, i = pending.pop(ready)
+            try:
+                stats = ray.get(ready)
+            except lost as exn:
+                deaths[url] += 1
+                if deaths[url] > retries:
+                    raise StageError(f"shard {url} failed: its Ray actor died {deaths[url]} times "
+                                     f"(ray.max_retries={retries}): {exn}") from exn
+                log.warning("ray: the actor running %s died (%s); the shard goes to another actor",
+                            url, type(exn).__name__)
+                queue.appendleft(url)
+                restarting[actors[i].pid.options(max_task_retries=-1).remote()] = i
+                continue
+            except ray.exceptions.RayError as exn:
+                raise StageError(f"shard {url} failed on a Ray actor: {exn}") from exn
+            done[i].append(stats)
+            idle.appendleft(i)
+            bar.update(stats["decoded"])
+    finally:
+        bar.close()
     return done
 
 
