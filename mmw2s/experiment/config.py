@@ -46,6 +46,9 @@ class ExperimentConfig:
     seed: int = field(default=0, metadata={"help": "first seed; seed i of the run uses seed + i"})
     seeds: int = field(default=1, metadata={
         "help": "repeat the whole experiment over this many seeds; the report gives mean ± std"})
+    jobs: int = field(default=0, metadata={
+        "help": "stages run at once where none needs another's output, each with cores/jobs torch "
+                "threads (0: 2 on a machine with 2 or more cores; 1: one after another, in this process)"})
     world: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keys of `mmw2s world` (out and seed are set by the run)"})
     weak_captioner: dict[str, Any] = field(default_factory=dict, metadata={
@@ -101,6 +104,8 @@ class ExperimentConfig:
         """Raise ValueError for settings no run can use."""
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs must be >= 0 (0: automatic), got {self.jobs}")
         clip = [s for s in self.students if s not in CAPTIONER_STUDENTS]
         captioners = [s for s in self.students if s in CAPTIONER_STUDENTS]
         if not self.students:

@@ -1,0 +1,106 @@
+"""Run an experiment's stages, several at once where none needs another's output.
+
+A stage depends on an earlier one when its config names that stage's output folder (a student's
+data is the bootstrap's shards, the eval's models are the students' folders), so the plan itself
+is the graph; no stage declares its dependencies by hand.
+
+With ``jobs`` > 1 the stages run in that many worker processes (spawned, so each starts clean),
+each with ``cores // jobs`` torch threads. On a small machine two single-threaded stages side by
+side do more work per second than one stage on two threads: a small model's operators are too
+short to split well across threads, and when the machine is busy with anything else a
+multi-threaded step waits at every barrier for its slowest thread. ``jobs=1`` runs the stages in
+order in this process, as `mmw2s STAGE` would. Results are deterministic for a given ``jobs`` and
+core count; the thread count of a stage can change its last float bits, so compare runs made
+with the same ``jobs``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Callable, Sequence
+
+from mmw2s.config import to_dict
+from mmw2s.errors import StageError
+from mmw2s.experiment.plan import Step
+from mmw2s.experiment.stages import run_step
+
+Done = Callable[[int, Step, dict, bool], None]  # (index, step, seconds, was complete before)
+
+
+def dependencies(steps: Sequence[Step]) -> list[set[int]]:
+    """For each step, the earlier steps whose output folder its config names."""
+    texts = [json.dumps(to_dict(s.cfg), default=str) for s in steps]
+    outs = [str(s.out) for s in steps]
+    return [{i for i in range(j) if outs[i] + os.sep in texts[j] or f'"{outs[i]}"' in texts[j]}
+            for j in range(len(steps))]
+
+
+def resolve_jobs(jobs: int, cores: int | None = None) -> int:
+    """``jobs=0`` (automatic): 2 on a machine with 2 or more cores, else 1."""
+    return jobs if jobs > 0 else min(2, cores or os.cpu_count() or 1)
+
+
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    return max(1, (cores or os.cpu_count() or 1) // jobs)
+
+
+def run_steps(steps: Sequence[Step], jobs: int, done: Done) -> None:
+    """Run every step once its dependencies are done, ``jobs`` at a time; ``done`` hears of each."""
+    jobs = resolve_jobs(jobs)
+    if jobs == 1:
+        for i, step in enumerate(steps):
+            done(i, step, *run_step(step))
+        return
+    deps = dependencies(steps)
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("mmw2s").getEffectiveLevel()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(threads_per_job(jobs), level)) as pool:
+        _drive(pool, steps, deps, jobs, done)
+
+
+def _drive(pool: ProcessPoolExecutor, steps: Sequence[Step], deps: list[set[int]], jobs: int,
+           done: Done) -> None:
+    finished: set[int] = set()
+    running: dict[Future, int] = {}
+    waiting = list(range(len(steps)))
+    failure: tuple[Step, BaseException] | None = None
+    while waiting or running:
+        if failure is None:  # after a failure: no new stage, the running ones finish (resumable)
+            for i in [i for i in waiting if deps[i] <= finished][: jobs - len(running)]:
+                waiting.remove(i)
+                print(f"\n=== start {steps[i].name} -> {steps[i].out}", flush=True)
+                running[pool.submit(run_step, steps[i])] = i
+        if not running:
+            break
+        complete, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in complete:
+            i = running.pop(future)
+            try:
+                seconds, before = future.result()
+            except BaseException as exn:  # noqa: BLE001 - reported with the stage's name below
+                failure = failure or (steps[i], exn)
+                continue
+            finished.add(i)
+            done(i, steps[i], seconds, before)
+    if failure is not None:
+        step, exn = failure
+        raise StageError(f"stage {step.name} ({step.out}) failed: {type(exn).__name__}: {exn}") from exn
+
+
+def _init_worker(threads: int, level: int) -> None:
+    """Each worker: this many torch threads (data-loader workers keep their own single thread), and
+    the command line's logging (a spawned process starts without it)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    # A spawned process inherits "spawn" as its default start method; the stages' data loaders
+    # start their workers as `mmw2s STAGE` does (fork), whose datasets need not pickle.
+    multiprocessing.set_start_method("fork", force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mmw2s", "data_pipelines", "models"):
+        logging.getLogger(name).setLevel(level)
+    import torch
+
+    torch.set_num_threads(threads)
