@@ -136,9 +136,14 @@ class PromptedCaptioner(Captioner):
     # ---- generation ----------------------------------------------------------------------------
     def _generation_config(self, **decoding: Any) -> GenerationConfig:
         """Only the decoding asked for, plus the checkpoint's special ids (see the module docstring)."""
-        own = self._core().generation_config
+        core = self._core()
+        own, text = core.generation_config, core.config.get_text_config()
+        # token structure, not sampling: encoder-decoders' start and forced tokens (BART-based Florence-2)
         ids = {k: getattr(own, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id",
-                                                  "decoder_start_token_id")}
+                                                  "decoder_start_token_id", "forced_bos_token_id",
+                                                  "forced_eos_token_id")}
+        if ids["decoder_start_token_id"] is None and core.config.is_encoder_decoder:
+            ids["decoder_start_token_id"] = getattr(text, "decoder_start_token_id", None)
         if ids["pad_token_id"] is None:
             ids["pad_token_id"] = self.tokenizer.pad_token_id
         if ids["eos_token_id"] is None:
