@@ -39,7 +39,7 @@ class CaptionerSpec:
     prompt: str | None = field(
         default=None,
         metadata={"help": "prompted VLMs: the instruction, e.g. 'Describe this image in one sentence.' "
-                          "(required for chat models; BLIP-2 may take none, PaliGemma 'caption en', "
+                          "(required for chat models; BLIP-2 may take none, PaliGemma '<image>caption en', "
                           "Florence-2 '<MORE_DETAILED_CAPTION>')"},
     )
     prompt_file: str | None = field(

@@ -37,6 +37,12 @@ def test_invalid_captions_are_named(caption, reason):
     assert invalid_caption(caption, PROMPT) == reason
 
 
+def test_a_prompt_echo_is_found_around_markup():
+    assert invalid_caption("Caption en.", "<image>caption en") == "prompt"
+    assert invalid_caption("<image> caption en", "caption en") == "prompt"
+    assert invalid_caption("caption en of a red circle", "<image>caption en") is None
+
+
 def test_empty_or_prompt_only_caption_is_never_kept_nor_chosen():
     """A top score does not save a caption with no words, or one that only echoes the prompt."""
     block = decide("junk", 0.1, ["", "  ", PROMPT, "<seg001>"], [0.99, 0.98, 0.97, 0.96], ABS,

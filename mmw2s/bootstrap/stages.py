@@ -168,6 +168,7 @@ class Selection:
 
 
 INVALID_REASONS = ("empty", "special_tokens", "prompt")
+_MARKUP = re.compile(r"<[^<>\s]+>")  # <loc0042>, <image>, <|im_end|>
 _MARKUP_ONLY = re.compile(r"(?:\s*<[^<>\s]+>)+\s*")
 
 
@@ -180,14 +181,15 @@ def invalid_caption(caption: str, prompt: str | None = None) -> str | None:
 
     `empty`: no word at all (nothing, whitespace, newlines, lone punctuation: what a captioner that
     ends at once or emits only special tokens leaves after decoding); `special_tokens`: nothing but
-    `<...>` markup such as `<loc0042>`; `prompt`: the prompt echoed back, word for word.
+    `<...>` markup such as `<loc0042>`; `prompt`: the prompt echoed back, word for word (its own
+    markup, such as PaliGemma's `<image>caption en`, aside).
     """
     text = caption.strip()
     if _MARKUP_ONLY.fullmatch(text):
         return "special_tokens"
     if not _words(text):
         return "empty"
-    if prompt and _words(text) == _words(prompt):
+    if prompt and _words(_MARKUP.sub(" ", text)) == _words(_MARKUP.sub(" ", prompt)):
         return "prompt"
     return None
 
