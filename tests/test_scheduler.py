@@ -10,12 +10,13 @@ from mmw2s.errors import StageError
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, plan_variants, run_order
 from mmw2s.experiment.scheduler import dependencies, resolve_jobs, run_steps, threads_per_job
+from mmw2s.experiment.stages import split_eval
 from mmw2s.stages import CONFIG_DIR
 
 
 def test_the_demo_plan_says_which_stage_waits_for_which(tmp_path):
     cfg = load_config(ExperimentConfig, CONFIG_DIR / "demo.yaml", [f"out={tmp_path}"])
-    steps = run_order(plan_variants(cfg))[0]
+    steps = [part for s in run_order(plan_variants(cfg))[0] for part in split_eval(s)]
     names = [s.name for s in steps]
     deps = {names[j]: {names[i] for i in d} for j, d in enumerate(dependencies(steps))}
     assert deps["world"] == set()
@@ -24,7 +25,10 @@ def test_the_demo_plan_says_which_stage_waits_for_which(tmp_path):
     assert deps["bootstrap"] >= {"weak_captioner", "weak_filter"}
     assert deps["student_web"] == deps["student_gold"] == {"world"}  # they need no teacher
     assert "bootstrap" in deps["student_bootstrapped"]
-    assert {f"student_{s}" for s in cfg.students} <= deps["eval"]
+    # each model's evaluation waits for that model only; the eval's summary waits for them all
+    assert deps["eval_weak_captioner"] == {"world", "weak_captioner"}
+    assert deps["eval_student_web"] == {"world", "student_web"}
+    assert {f"eval_{m}" for m in ["weak_captioner", "weak_filter"] + [f"student_{s}" for s in cfg.students]} <= deps["eval"]
 
 
 def test_jobs_and_threads_share_the_cores():

@@ -145,13 +145,23 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate every model of ``cfg`` on every benchmark; write the per-pair JSONs and the summary."""
     out = Path(cfg.out)
     save_config(cfg, out)
-    cache = BenchmarkCache(cfg.world, cfg.vqa)
-    settings = _settings(cfg.pairwise, cfg)
-    for entry in cfg.models:
-        evaluate_model(entry, cfg.benchmarks, out, settings, device=cfg.device, pairwise=cfg.pairwise,
-                       overwrite=cfg.overwrite, cache=cache, vqa=cfg.vqa)
+    evaluate_models(cfg, cfg.models)
     records = [json.loads(result_path(out, m.name, b).read_text()) for m in cfg.models for b in cfg.benchmarks]
     return write_summary(records, out)
+
+
+def evaluate_models(cfg: EvalConfig, entries: Iterable[ModelEntry]) -> None:
+    """Write the per-pair JSONs of ``entries`` (models of ``cfg``) into ``cfg.out``, no summary.
+
+    Each file is its own (model, benchmark) pair, written atomically: evaluations of different
+    models may run at once into the same folder (`mmw2s run` starts each as soon as its model is
+    trained), and `run` then finds them and writes the summary.
+    """
+    cache = BenchmarkCache(cfg.world, cfg.vqa)
+    settings = _settings(cfg.pairwise, cfg)
+    for entry in entries:
+        evaluate_model(entry, cfg.benchmarks, Path(cfg.out), settings, device=cfg.device, pairwise=cfg.pairwise,
+                       overwrite=cfg.overwrite, cache=cache, vqa=cfg.vqa)
 
 
 def write_summary(records: list[dict], out: Path) -> dict:

@@ -14,6 +14,7 @@ from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order
 from mmw2s.experiment.progress import StageProgress
 from mmw2s.experiment.scheduler import run_steps
+from mmw2s.experiment.stages import split_eval
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ def run(cfg: ExperimentConfig) -> Path:
 
 
 def stage_kind(step: Step) -> str:
-    """What a stage costs like: every student alike, else the stage itself (for the estimate)."""
-    return "student" if step.name.startswith("student_") else step.name
+    """What a stage costs like: every student alike (and their evals), else the stage itself."""
+    for kind in ("student_", "eval_student_"):
+        if step.name.startswith(kind):
+            return kind
+    return step.name
 
 
 def run_all(steps_by_seed: dict[int, list[Step]], jobs: int) -> dict[int, dict[str, dict[str, float]]]:
@@ -51,7 +55,8 @@ def run_all(steps_by_seed: dict[int, list[Step]], jobs: int) -> dict[int, dict[s
     flat: list[tuple[int, Step]] = []
     for seed, steps in steps_by_seed.items():
         seen = {str(s.out) for _, s in flat}
-        flat += [(seed, s) for s in steps if str(s.out) not in seen]  # a stage two seeds share runs once
+        flat += [(seed, part) for s in steps if str(s.out) not in seen  # a stage two seeds share runs once
+                 for part in split_eval(s)]
     progress = StageProgress([stage_kind(s) for _, s in flat])
     timings: dict[int, dict[str, dict[str, float]]] = {seed: {} for seed in steps_by_seed}
 

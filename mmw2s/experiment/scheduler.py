@@ -25,17 +25,26 @@ from typing import Callable, Sequence
 from mmw2s.config import to_dict
 from mmw2s.errors import StageError
 from mmw2s.experiment.plan import Step
-from mmw2s.experiment.stages import run_step
+from mmw2s.experiment.stages import EVAL_MODEL, run_step
 
 Done = Callable[[int, Step, dict, bool], None]  # (index, step, seconds, was complete before)
 
 
 def dependencies(steps: Sequence[Step]) -> list[set[int]]:
-    """For each step, the earlier steps whose output folder its config names."""
+    """For each step, the earlier steps it waits for: those whose output folder its config names.
+
+    Steps that share a folder (an eval's per-model steps and the eval) do not wait for each other,
+    except the one that is not a per-model step, which waits for all of them.
+    """
     texts = [json.dumps(to_dict(s.cfg), default=str) for s in steps]
     outs = [str(s.out) for s in steps]
-    return [{i for i in range(j) if outs[i] + os.sep in texts[j] or f'"{outs[i]}"' in texts[j]}
-            for j in range(len(steps))]
+
+    def waits(j: int, i: int) -> bool:
+        if outs[i] == outs[j]:
+            return steps[j].stage != EVAL_MODEL
+        return outs[i] + os.sep in texts[j] or f'"{outs[i]}"' in texts[j]
+
+    return [{i for i in range(j) if waits(j, i)} for j in range(len(steps))]
 
 
 def resolve_jobs(jobs: int, cores: int | None = None) -> int:

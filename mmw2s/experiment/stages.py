@@ -4,6 +4,7 @@ Kept apart from the scheduler so that a worker process imports only this (and th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
@@ -15,7 +16,24 @@ from mmw2s.experiment.plan import Step
 
 
 def timing_path(step: Step) -> Path:
+    if step.stage == EVAL_MODEL:  # several share the eval's folder
+        return step.out / f"timing.eval.{step.cfg.models[0].name}.json"
     return step.out / f"timing.{step.stage}.json"
+
+
+EVAL_MODEL = "eval_model"
+
+
+def split_eval(step: Step) -> list[Step]:
+    """An eval of several models as one step per model, then the eval itself.
+
+    Each model's step can start as soon as that model is trained (the captioner's while the
+    students train); the eval then finds every result written and only writes the summary.
+    """
+    if step.stage != "eval" or len(step.cfg.models) < 2:
+        return [step]
+    return [Step(f"eval_{m.name}", EVAL_MODEL, dataclasses.replace(step.cfg, models=[m]), step.out)
+            for m in step.cfg.models] + [step]
 
 
 def run_step(step: Step) -> tuple[dict[str, float], bool]:
@@ -66,6 +84,12 @@ def _eval(step: Step) -> Any:
     return eval_run(step.cfg)
 
 
+def _eval_model(step: Step) -> Any:
+    from mmw2s.evaluate.run import evaluate_models
+
+    return evaluate_models(step.cfg, step.cfg.models)
+
+
 def _audit(step: Step) -> dict:
     from mmw2s.audit import run as audit_run
 
@@ -81,5 +105,5 @@ def _synthesize(step: Step) -> Any:
     return synthesize_run(step.cfg)
 
 
-RUNNERS = {"world": _world, "train": _train, "bootstrap": _bootstrap, "eval": _eval,
+RUNNERS = {"world": _world, "train": _train, "bootstrap": _bootstrap, "eval": _eval, EVAL_MODEL: _eval_model,
            "audit": _audit, "synthesize": _synthesize}
