@@ -185,7 +185,8 @@ def validate_captioner(spec: CaptionerSpec) -> None:
         return
     path = Path(spec.prompt_file)
     if not path.is_file():
-        raise ValueError(f"captioner.prompt_file={spec.prompt_file}: no such file")
+        raise ValueError(f"captioner.prompt_file={spec.prompt_file}: no such file (a relative path is read "
+                         f"from the current directory, {Path.cwd()})")
     text = path.read_text(encoding="utf-8").strip()
     if spec.prompt is not None and spec.prompt.strip() != text:
         raise ValueError(f"captioner.prompt and captioner.prompt_file={spec.prompt_file} disagree: set one")
