@@ -16,9 +16,11 @@ order, however often it was started. Nothing here imports an engine, accelerate 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -125,3 +127,24 @@ def expected_samples(url: str) -> int | None:
         return int(stats.get("successes", stats["count"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+@contextlib.contextmanager
+def cpu_threads(cfg: BootstrapConfig, device: Any) -> Iterator[None]:
+    """Give this model process (on CPU) the threads `model_threads` allows, then restore them.
+
+    Its cores are this machine's shared by the ranks `accelerate launch` started on it.
+    """
+    import torch
+
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    before = torch.get_num_threads()
+    torch.set_num_threads(model_threads(cfg, cores // ranks_here))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)  # an in-process caller (the experiment runner) gets its own back

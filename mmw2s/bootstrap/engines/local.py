@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mmw2s.bootstrap.config import BootstrapConfig
-from mmw2s.bootstrap.shard import ShardJob, bootstrap_shards, expected_samples, is_done, model_threads
+from mmw2s.bootstrap.shard import ShardJob, bootstrap_shards, cpu_threads, expected_samples, is_done
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +89,6 @@ class LocalEngine:
         bar.set_postfix(kept=f"{counts['kept'] / max(counts['images'], 1):.1%}")
         bar.close()
         return decoded
-
-
-@contextlib.contextmanager
-def cpu_threads(cfg: BootstrapConfig, device: Any) -> Iterator[None]:
-    """Give the model process the CPU cores its rank's data-loader workers leave free, then restore."""
-    import torch
-
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
-    before = torch.get_num_threads()
-    torch.set_num_threads(model_threads(cfg, cores // ranks_here))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)  # an in-process caller (the experiment runner) gets its own back
 
 
 def progress_bar(urls: list[str], show: bool):

@@ -26,6 +26,7 @@ later get work only as restarted actors (Ray Data's autoscaling actor pools woul
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mmw2s.bootstrap.config import BootstrapConfig
-from mmw2s.bootstrap.shard import ShardJob, bootstrap_shard, is_done, model_threads
+from mmw2s.bootstrap.shard import ShardJob, bootstrap_shard, cpu_threads, is_done, model_threads
 from mmw2s.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,14 @@ class RayEngine:
         self.cfg = cfg
         self._started_ray = False
         self._models = None
+        self._threads = contextlib.ExitStack()
 
     def __enter__(self) -> "RayEngine":
         import ray
+        import torch
 
+        self.device = torch.device("cuda" if self.cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self._threads.enter_context(cpu_threads(self.cfg, self.device))  # the driver's calibration
         if not ray.is_initialized():  # an in-process caller (tests, a notebook) may have connected already
             address = None if self.cfg.ray.address == "local" else self.cfg.ray.address
             ray.init(address=address, log_to_driver=True)
@@ -99,6 +104,7 @@ class RayEngine:
     def __exit__(self, *exc: Any) -> None:
         import ray
 
+        self._threads.close()
         if self._started_ray:
             ray.shutdown()  # ends the actors too
 
@@ -108,14 +114,9 @@ class RayEngine:
     def local_models(self) -> Any:
         """The models on the driver, for calibration only (CUDA when it has one and device allows)."""
         if self._models is None:
-            import torch
-
             from mmw2s.bootstrap.capfilt import CapFilt
 
-            cuda = self.cfg.device != "cpu" and torch.cuda.is_available()
-            if not cuda:
-                torch.set_num_threads(model_threads(self.cfg, len(os.sched_getaffinity(0))))
-            self._models = CapFilt.from_config(self.cfg, torch.device("cuda" if cuda else "cpu"))
+            self._models = CapFilt.from_config(self.cfg, self.device)
         return self._models
 
     def run_shards(self, urls: list[str], job: ShardJob) -> tuple[list[dict], dict | None]:
