@@ -14,7 +14,7 @@ from mmw2s.config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = ["world.samples_per_shard=4", "world.web_shards=4", "world.test_samples=24", "world.image_size=32",
          "bootstrap.shards=2", "bootstrap.batch_size=4", "bootstrap.max_new_tokens=4",
-         "caption_vlm.shards=2", "caption_vlm.batch_size=4", "caption_vlm.max_new_tokens=4",
+         "caption_vlm.shards=2", "caption_vlm.batch_size=4", "caption_vlm.max_new_tokens=4", "caption_vlm.repeats=1",
          "train.batch_size=4", "train.steps=4", "train.log_every=2",
          "memory.small_shards=1", "memory.large_shards=4", "eval.repeats=1", "loading.repeats=1"]
 

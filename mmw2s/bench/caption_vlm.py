@@ -38,23 +38,35 @@ def tiny_vlm(cfg: BenchConfig, world: Path) -> Path:
 
 
 def bench_caption_vlm(cfg: BenchConfig, world: Path, models: Path, device: str, precision: str) -> dict:
-    """Bootstrap `caption_vlm.shards` shards with the tiny VLM, then time its forward passes alone."""
+    """Bootstrap `caption_vlm.shards` shards with the tiny VLM, then time its forward passes alone;
+    `caption_vlm.repeats` times, each side's best counts (as the eval and loading rows: on a shared
+    machine the load changes between the two halves of one repeat)."""
+    v = cfg.caption_vlm
+    captioner = tiny_vlm(cfg, world)
+    runs = [_one_run(cfg, world, models, captioner, device, precision, i) for i in range(v.repeats)]
+    best, ceiling = max(runs, key=lambda s: s["images_per_s"]), max((s["ceiling"] for s in runs),
+                                                                     key=lambda c: c["images_per_s"])
+    return row("caption_vlm", best["images_per_s"], ceiling["images_per_s"], "images/s", TARGET,
+               family=v.family, images=best["images_this_run"], seconds=best["seconds"],
+               ceiling_images=ceiling["images"], ceiling_seconds=ceiling["seconds"], batch_size=ceiling["batch_size"],
+               num_captions=v.num_captions, max_new_tokens=v.max_new_tokens,
+               each_run=[(s["images_per_s"], s["ceiling"]["images_per_s"]) for s in runs],
+               theirs_is="the same VLM captioner + filter forward passes alone on the run's batches, "
+                         "pre-processed in memory, same seeds (mmw2s.bootstrap.ceiling)")
+
+
+def _one_run(cfg: BenchConfig, world: Path, models: Path, captioner: Path, device: str, precision: str,
+             i: int) -> dict:
+    """One bootstrap subprocess with `measure_ceiling`; its summary."""
     v = cfg.caption_vlm
     out = Path(cfg.out) / "runs" / "caption_vlm"
     shutil.rmtree(out, ignore_errors=True)  # a rerun of a complete run would time nothing
     shards = web_shards(world, v.shards)
     images = v.shards * cfg.world.samples_per_shard
-    args = bootstrap_args(cfg, models, shards, out, device, precision, f"captioner.name={tiny_vlm(cfg, world)}",
+    args = bootstrap_args(cfg, models, shards, out, device, precision, f"captioner.name={captioner}",
                           f"captioner.prompt={v.prompt}", f"decoding.num_captions={v.num_captions}",
                           f"decoding.max_new_tokens={v.max_new_tokens}", f"batch_size={v.batch_size}",
                           f"thresholds.calibration_samples={v.batch_size}", "measure_ceiling=true",
                           f"ceiling_images={images}")
-    run_child(args, cfg.threads, out.parent / "caption_vlm.log")
-    summary = json.loads((out / "summary.json").read_text())
-    ceiling = summary["ceiling"]
-    return row("caption_vlm", summary["images_per_s"], ceiling["images_per_s"], "images/s", TARGET,
-               family=v.family, images=summary["images_this_run"], seconds=summary["seconds"],
-               ceiling_images=ceiling["images"], ceiling_seconds=ceiling["seconds"], batch_size=ceiling["batch_size"],
-               num_captions=v.num_captions, max_new_tokens=v.max_new_tokens,
-               theirs_is="the same VLM captioner + filter forward passes alone on the run's batches, "
-                         "pre-processed in memory, same seeds (mmw2s.bootstrap.ceiling)")
+    run_child(args, cfg.threads, out.parent / f"caption_vlm.{i}.log")
+    return json.loads((out / "summary.json").read_text())

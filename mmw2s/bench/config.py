@@ -45,6 +45,8 @@ class CaptionVlmBench:
     batch_size: int = field(default=16, metadata={"help": "images per generate() call (both sides)"})
     num_captions: int = field(default=2, metadata={"help": "synthetic captions per image (nucleus)"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest synthetic caption in tokens"})
+    repeats: int = field(default=2, metadata={"help": "runs (each: end to end, then the ceiling); each "
+                                                      "side's best counts"})
 
 
 @dataclass
@@ -162,7 +164,7 @@ class BenchConfig:
         br = self.browse
         if min(br.samples, br.samples_per_shard, br.index_samples, br.repeats) < 1 or br.thumb < 16:
             raise ValueError("browse: samples, samples_per_shard, index_samples, repeats must be >= 1, thumb >= 16")
-        if self.eval.repeats < 1 or self.loading.repeats < 1:
+        if self.eval.repeats < 1 or self.loading.repeats < 1 or self.caption_vlm.repeats < 1:
             raise ValueError("repeats must be >= 1")
         g = self.gpu
         sizes = (g.image_size, g.train_batch_size, g.train_steps, g.caption_batch_size, g.caption_tokens,
