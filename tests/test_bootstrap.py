@@ -290,7 +290,11 @@ def test_output_contract(world, tiny_models, reference):
     stats = json.loads((out / "shards" / "00000_stats.json").read_text())
     assert stats["inputs"] == stats["decoded"] == 8 and stats["skipped"] == 0
     assert stats["web_score_quantiles"]["q50"] is not None and stats["images_per_s"] > 0
-    assert json.loads((out / "summary.json").read_text())["complete_shards"] == 3
+    written = json.loads((out / "summary.json").read_text())
+    assert written["complete_shards"] == 3
+    shard_stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*_stats.json"))]
+    for key in ("synthetic_invalid", "filter_truncated", "written"):  # the summary totals every counter
+        assert written[key] == sum(st[key] for st in shard_stats), key
     assert (out / "config.yaml").exists() and json.loads((out / "thresholds.json").read_text())["web"] == 0.5
 
 

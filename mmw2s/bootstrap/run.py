@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 TOTAL_KEYS = ("inputs", "decoded", "skipped", "web_kept", "synthetic", "synthetic_kept", "chosen_web",
-              "chosen_synthetic", "nothing_kept", "dropped", "written")
+              "chosen_synthetic", "nothing_kept", "dropped", "written", "synthetic_invalid", "filter_truncated")
 
 
 def run(cfg: BootstrapConfig) -> dict:
