@@ -86,7 +86,7 @@ def write_report_html(report_md: Path, browsers: Sequence[tuple[str, Path]] = ()
 def bootstrap_browsers(variants: Iterable[Any]) -> list[tuple[str, Path]]:
     """Build the browser of every bootstrap stage of the experiment's variants, once per folder.
 
-    Returns `(label, index.html)` pairs, e.g. `("seed 0 · bootstrap", .../browse/index.html)`.
+    Returns `(label, index.html)` pairs, e.g. `("seed 0 · bootstrap-1a2b3c4d", .../browse/index.html)`.
     """
     from mmw2s.browse.config import BrowseConfig
     from mmw2s.browse.site import build
@@ -96,7 +96,7 @@ def bootstrap_browsers(variants: Iterable[Any]) -> list[tuple[str, Path]]:
         for seed, steps in variant.steps_by_seed.items():
             for step in steps:
                 if step.stage == "bootstrap" and (Path(step.out) / "shards").is_dir() and Path(step.out) not in found:
-                    found[Path(step.out)] = f"seed {seed} · {step.name}"
+                    found[Path(step.out)] = f"seed {seed} · {Path(step.out).name}"  # unique in a sweep
     browsers = []
     for folder, label in found.items():
         browsers.append((label, build(BrowseConfig(run=str(folder)))))

@@ -339,7 +339,7 @@ def test_report_html_has_inline_plots_escaped_text_and_browser_links(site, tmp_p
     assert "&lt;script&gt;" in text and "<script>" not in text
     assert 'href="sweep/00-a/report.html"' in (text) and (out / "sweep" / "00-a" / "report.html").exists()
     link = os.path.relpath(run / "browse" / "index.html", out)
-    assert f'href="{link}"' in text and "seed 0 · bootstrap" in text
+    assert f'href="{link}"' in text and f"seed 0 · {run.name}" in text
     assert (run / "browse" / "index.html").exists()  # the browser the link points at was built
     page = Cards()
     page.feed(chromium(html_path.as_uri(), tmp_path, "--dump-dom"))
