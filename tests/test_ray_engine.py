@@ -89,7 +89,7 @@ def local_reference(world, tiny_models, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_run(world, tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray")
-    return out, ray_bootstrap(world, tiny_models, out)
+    return out, ray_bootstrap(world, tiny_models, out, "workers=1")  # a decoding worker per actor
 
 
 def test_ray_engine_writes_the_local_engines_bytes(local_reference, ray_run):
@@ -118,7 +118,7 @@ def test_rerun_does_no_work_and_starts_no_actor(world, tiny_models, ray_run, tmp
 def test_an_actor_killed_mid_shard_is_replaced_and_the_output_is_the_same(world, tiny_models, local_reference,
                                                                            tmp_path):
     out, result = tmp_path / "out", {}
-    job = threading.Thread(target=lambda: result.update(summary=ray_bootstrap(world, tiny_models, out)))
+    job = threading.Thread(target=lambda: result.update(summary=ray_bootstrap(world, tiny_models, out, "workers=1")))
     job.start()
     killed, deadline = None, time.monotonic() + 120
     while killed is None and job.is_alive() and time.monotonic() < deadline:

@@ -2,7 +2,7 @@
 `accelerate launch` ranks, on the same shards, models and settings (target >= 0.9), and what an
 actor killed mid-shard costs (extra seconds against the unkilled run).
 
-All three runs are subprocesses of the bench's bootstrap command on CPU (2 actors and 2 ranks
+All runs are subprocesses of the bench's bootstrap command on CPU (2 actors and 2 ranks
 are CPU workers on any machine), each timed from its models loaded to its last shard
 (`summary.json` images/s): Ray's start and the actors' model loading are not charged, as the
 ranks' loading is not. The killed run loses one actor as soon as it runs a shard; Ray restarts
@@ -26,24 +26,30 @@ from mmw2s.bench.config import BenchConfig
 from mmw2s.bench.fixtures import web_shards
 
 TARGET = 0.9
+REPEATS = 2  # runs per side; the best counts (the other rows' `repeats`, fixed here: each run is ~20 s)
 ACTOR_TITLE = "ray::ShardActor.run_shard"  # Ray titles a worker `ray::Class.method` while it runs it
 
 
 def bench_ray(cfg: BenchConfig, world: Path, models: Path) -> dict:
-    """engine=ray (2 actors) vs engine=local (2 ranks) images/s, plus the killed-actor overhead."""
+    """engine=ray (2 actors) vs engine=local (2 ranks) images/s, best of `REPEATS` interleaved runs
+    each, plus the killed-actor overhead against the best unkilled Ray run."""
     reason = missing_peer("ray")
     if reason:
         return skipped("ray", reason, "images/s", TARGET)
     shards = web_shards(world, cfg.bootstrap.shards)
-    runs = Path(cfg.out) / "runs"
-    local = run_bootstrap(cfg, models, shards, runs / "ray_local", launch=launch_args(2))
-    pool = run_bootstrap(cfg, models, shards, runs / "ray_pool", extra=("engine=ray", "ray.concurrency=2"))
-    killed = run_bootstrap(cfg, models, shards, runs / "ray_killed", extra=("engine=ray", "ray.concurrency=2"),
-                           kill_one_actor=True)
-    return row("ray", pool["images_per_s"], local["images_per_s"], "images/s", TARGET,
-               images=pool["images_this_run"], seconds=pool["seconds"], local_seconds=local["seconds"],
+    runs, pool_args = Path(cfg.out) / "runs", ("engine=ray", "ray.concurrency=2")
+    local, pool = [], []
+    for _ in range(REPEATS):  # interleaved: a load that comes and goes on a shared machine hits both
+        local.append(run_bootstrap(cfg, models, shards, runs / "ray_local", launch=launch_args(2)))
+        pool.append(run_bootstrap(cfg, models, shards, runs / "ray_pool", extra=pool_args))
+    killed = run_bootstrap(cfg, models, shards, runs / "ray_killed", extra=pool_args, kill_one_actor=True)
+    best_local = max(local, key=lambda s: s["images_per_s"])
+    best_pool = max(pool, key=lambda s: s["images_per_s"])
+    return row("ray", best_pool["images_per_s"], best_local["images_per_s"], "images/s", TARGET,
+               images=best_pool["images_this_run"], seconds=best_pool["seconds"], local_seconds=best_local["seconds"],
+               all_seconds={"ray": [s["seconds"] for s in pool], "local": [s["seconds"] for s in local]},
                killed_actor=killed["killed_pid"] is not None,
-               killed_actor_extra_seconds=round(killed["seconds"] - pool["seconds"], 3),
+               killed_actor_extra_seconds=round(killed["seconds"] - best_pool["seconds"], 3),
                killed_run_seconds=killed["seconds"],
                outputs_identical=same_tars(runs / "ray_pool", runs / "ray_local")
                and same_tars(runs / "ray_killed", runs / "ray_local"),
@@ -99,19 +105,23 @@ def run_killing_one_actor(args: list[str], threads: int, log_path: Path, timeout
 
 
 def descendant_pids(root: int, title: str) -> list[int]:
-    """Processes below `root` (children, grandchildren, ...) whose command line starts with `title`."""
+    """Processes below `root` (children, grandchildren, ...) whose command line starts with `title`,
+    less their own children (an actor's data-loader worker is forked with the actor's title)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not _titled(int(entry.name), title):
             continue
-        try:
-            if not (entry / "cmdline").read_bytes().startswith(title.encode()):
-                continue
-        except OSError:
-            continue
-        if root in ancestors(int(entry.name)):
+        chain = ancestors(int(entry.name))
+        if root in chain and not (chain and _titled(chain[0], title.split(".")[0])):
             found.append(int(entry.name))
     return found
+
+
+def _titled(pid: int, title: str) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().startswith(title.encode())
+    except OSError:
+        return False
 
 
 def ancestors(pid: int) -> list[int]:

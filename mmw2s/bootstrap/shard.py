@@ -20,13 +20,16 @@ import contextlib
 import functools
 import json
 import logging
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from torch.utils.data import DataLoader, IterableDataset
 
 from data_pipelines.shards import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
-                                   stats_path)
+                                   pass_through, shard_events, stats_path)
 
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.bootstrap.stages import Selection, batch_stage, caption_stage, decide_stage, score_stage
@@ -70,6 +73,44 @@ def loader(urls: list[str], cfg: BootstrapConfig, preprocess: Any):
                         pin_memory=pin)
 
 
+class ShardReader:
+    """Reads one shard at a time in a data-loader worker that lives as long as the reader.
+
+    For a caller that is handed shards one by one (a Ray actor): `loader([url])` per shard forks
+    a fresh worker from a process holding the models each time, and while that worker lives
+    every page the models touch is copied on write; measured on 2 cores, 16 shards of 32 images
+    took 4.9 s that way against 3.5 s as one stream. Here the worker is forked once (on the first
+    shard) and receives each shard's URL through a queue. `read(url)` gives the same batches,
+    `Skip`s and `ShardEnd` as `loader([url], ...)`. With `workers=0` it reads in this process.
+    """
+
+    def __init__(self, cfg: BootstrapConfig, preprocess: Any) -> None:
+        import torch
+
+        self.cfg, self.preprocess, self.urls = cfg, preprocess, multiprocessing.SimpleQueue()
+        feed = _ShardFeed(self.urls, read_limits(cfg), cfg.batch_size, preprocess)
+        pin = cfg.device != "cpu" and torch.cuda.is_available()
+        self.loader = DataLoader(feed, batch_size=None, num_workers=1, persistent_workers=True, prefetch_factor=4,
+                                 collate_fn=pass_through, pin_memory=pin) if cfg.workers else None
+
+    def read(self, url: str) -> Iterator[Any]:
+        """The batch stream of shard `url`."""
+        if self.loader is None:
+            return iter(loader([url], self.cfg, self.preprocess))
+        self.urls.put(url)
+        return iter(self.loader)  # one epoch of the persistent worker = this shard
+
+
+class _ShardFeed(IterableDataset):
+    """The worker's side of `ShardReader`: each iteration reads the next URL's shard, batched."""
+
+    def __init__(self, urls: Any, limits: ReadLimits, batch_size: int, preprocess: Any) -> None:
+        self.urls, self.limits, self.batch_size, self.preprocess = urls, limits, batch_size, preprocess
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from batch_stage(shard_events(self.urls.get(), self.limits), self.batch_size, self.preprocess)
+
+
 def is_done(out: Path, url: str, fingerprint: str) -> bool:
     """Whether the output of `url` under run folder `out` is complete, made by these settings."""
     try:
@@ -79,17 +120,20 @@ def is_done(out: Path, url: str, fingerprint: str) -> bool:
 
 
 def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
-                     on_sample: Callable[[dict], None] | None = None) -> Iterator[dict]:
+                     on_sample: Callable[[dict], None] | None = None, events: Iterable | None = None) -> Iterator[dict]:
     """Bootstrap each of `urls` into `job.shards_dir`; yields each shard's stats as it closes.
 
     `models` is a `CapFilt` (or anything with its `preprocessor`, `caption`, `score` and
-    `provenance`). `on_sample` sees every decided output sample (progress bars). An error
-    aborts the shards still open: only complete shards and `.partial` leftovers remain.
+    `provenance`). `on_sample` sees every decided output sample (progress bars). `events` is the
+    batch stream of `urls` when a caller started reading it already (`loader(urls, ...)`, which
+    is read otherwise). An error aborts the shards still open: only complete shards and
+    `.partial` leftovers remain.
     """
     cfg = job.cfg
     selection = Selection(choose=cfg.selection.choose, nothing_kept=cfg.selection.nothing_kept)
     shard = CurrentShard("bootstrapping")  # a failure of the models or the writer names its shard
-    stream = caption_stage(shard.track(iter(loader(urls, cfg, models.preprocessor))), models.caption, cfg.seed)
+    events = iter(events if events is not None else loader(urls, cfg, models.preprocessor))
+    stream = caption_stage(shard.track(events), models.caption, cfg.seed)
     stream = score_stage(stream, models.score)
     stream = decide_stage(stream, job.thresholds, selection, models.provenance(cfg))
     with ShardOutputs(job.shards_dir, {"fingerprint": job.fingerprint}) as outputs:
@@ -102,9 +146,9 @@ def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
                 yield stats
 
 
-def bootstrap_shard(url: str, job: ShardJob, models: Any) -> dict:
+def bootstrap_shard(url: str, job: ShardJob, models: Any, events: Iterable | None = None) -> dict:
     """Bootstrap one input shard; returns its stats (what `{shard}_stats.json` holds)."""
-    stats = list(bootstrap_shards([url], job, models))
+    stats = list(bootstrap_shards([url], job, models, events=events))
     if len(stats) != 1:  # shard I/O ends every shard with exactly one ShardEnd
         raise RuntimeError(f"{url}: expected one finished shard, got {len(stats)}")
     return stats[0]

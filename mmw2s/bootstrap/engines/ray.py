@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mmw2s.bootstrap.config import BootstrapConfig
-from mmw2s.bootstrap.shard import ShardJob, bootstrap_shard, cpu_threads, is_done, model_threads
+from mmw2s.bootstrap.shard import ShardJob, ShardReader, bootstrap_shard, cpu_threads, is_done, model_threads
 from mmw2s.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class ShardActor:
             torch.set_num_threads(model_threads(cfg, max(1, int(cores))))
         self.job = job
         self.models = CapFilt.from_config(cfg, torch.device("cuda" if cuda else "cpu"))
+        self.reader = ShardReader(cfg, self.models.preprocessor)  # its decoding worker outlives each shard
 
     def pid(self) -> int:
         """This actor's process id (the driver waits on it: models loaded, actor ready)."""
@@ -67,7 +68,7 @@ class ShardActor:
 
     def run_shard(self, url: str) -> dict:
         """Bootstrap one input shard; its stats."""
-        return bootstrap_shard(url, self.job, self.models)
+        return bootstrap_shard(url, self.job, self.models, events=self.reader.read(url))
 
 
 class RayEngine:
