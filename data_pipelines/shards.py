@@ -17,6 +17,7 @@ Writing: `ShardWriter` writes `NAME.tar.partial`, renames it to `NAME.tar` when 
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import logging
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import braceexpand
 import webdataset as wds
+from PIL import Image
 
 from data_pipelines.sample_decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, JSON_EXTS, READ_EXTS, TEXT_EXTS,
                                           ReadLimits, Skip, clip_text, decode_sample, is_safe_key, safe_key,
@@ -98,9 +100,58 @@ def iter_samples(urls: str | Iterable[str], limits: ReadLimits = ReadLimits(),
                 yield item
 
 
-def _events_stage(src: Iterable[dict], limits: ReadLimits) -> Iterator[Any]:
+def _events_stage(src: Iterable[dict], limits: ReadLimits, replay_bytes: int = 0) -> Iterator[Any]:
+    replay = ShardReplay(replay_bytes) if replay_bytes > 0 else None
     for item in src:
-        yield from shard_events(item["url"], limits)
+        url = item["url"]
+        yield from (replay.events(url, limits) if replay is not None else shard_events(url, limits))
+
+
+class ShardReplay:
+    """A repeated shard's records from memory: read and decoded once, replayed on later passes.
+
+    A training stream cycles through its shards many times (a demo student makes ~6 passes), and
+    re-reading a tar, parsing its JSON and decoding its images was a quarter of a student's CPU
+    time. A pass replays exactly the records the first read made, in the same order (shallow
+    copies, so a stage that changes a sample dict cannot change the next pass), so training is
+    bit-identical with or without it. Shards are kept while their decoded records fit in
+    `budget_bytes`; the rest are read from disk each pass, as without it.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget, self.used = budget_bytes, 0
+        self.kept: dict[str, list[Any]] = {}
+
+    def events(self, url: str, limits: ReadLimits) -> Iterator[Any]:
+        if url in self.kept:
+            yield from map(copy.copy, self.kept[url])
+            return
+        records: list[Any] | None = []
+        size = 0
+        for record in shard_events(url, limits):
+            if records is not None:
+                size += _record_bytes(record)
+                records.append(copy.copy(record))
+                if self.used + size > self.budget:
+                    records = None  # this shard does not fit: stop holding its records
+            yield record
+        if records is not None:
+            self.kept[url], self.used = records, self.used + size
+
+
+def _record_bytes(record: Any) -> int:
+    """About what a decoded record holds in memory: its image's pixels and its strings."""
+    if not isinstance(record, dict):
+        return 256
+    size = 256
+    for value in record.values():
+        if isinstance(value, Image.Image):
+            size += value.width * value.height * len(value.getbands())
+        elif isinstance(value, (str, bytes)):
+            size += len(value)
+        elif isinstance(value, dict):
+            size += 64 * len(value) + sum(len(v) for v in value.values() if isinstance(v, str))
+    return size
 
 
 class ShardError(RuntimeError):
@@ -140,17 +191,19 @@ class CurrentShard:
 
 
 def event_pipeline(urls: list[str], limits: ReadLimits = ReadLimits(),
-                   stages: Iterable[Callable] = (), repeat: bool = False) -> wds.DataPipeline:
+                   stages: Iterable[Callable] = (), repeat: bool = False,
+                   replay_bytes: int = 0) -> wds.DataPipeline:
     """An `IterableDataset` over `shard_events` of `urls`, shards split across DataLoader workers.
 
     Use it with `torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=N)`: each worker
     reads whole shards, so a shard's samples and its `ShardEnd` come from one worker, in order.
     `stages` are further webdataset-style stages `f(iterator) -> iterator` run in the workers
-    (decoding to tensors, batching). With `repeat=True` the shard list is cycled forever (training).
+    (decoding to tensors, batching). With `repeat=True` the shard list is cycled forever (training),
+    and with `replay_bytes` each worker replays the shards it has read from memory (`ShardReplay`).
     """
     shards = wds.SimpleShardList(list(urls))
     pipeline = [_cycle(shards) if repeat else shards, wds.split_by_worker,
-                lambda src: _events_stage(src, limits), *stages]
+                lambda src: _events_stage(src, limits, replay_bytes if repeat else 0), *stages]
     return wds.DataPipeline(*pipeline[:2], *_named(pipeline[2:]))
 
 
@@ -179,7 +232,7 @@ def pass_through(item: Any) -> Any:
 
 
 def event_loader(urls: list[str], limits: ReadLimits = ReadLimits(), stages: Iterable[Callable] = (),
-                 repeat: bool = False, workers: int = 0, **loader_options: Any):
+                 repeat: bool = False, workers: int = 0, replay_bytes: int = 0, **loader_options: Any):
     """A `torch.utils.data.DataLoader` over `event_pipeline(urls, ...)` in `workers` processes.
 
     At most one worker per shard (a worker without a shard of its own would only start and stop).
@@ -190,7 +243,7 @@ def event_loader(urls: list[str], limits: ReadLimits = ReadLimits(), stages: Ite
     """
     from torch.utils.data import DataLoader
 
-    pipeline = event_pipeline(urls, limits, stages=stages, repeat=repeat)
+    pipeline = event_pipeline(urls, limits, stages=stages, repeat=repeat, replay_bytes=replay_bytes)
     workers = min(workers, len(urls))
     if not workers:  # options that only apply to worker processes
         loader_options = {k: v for k, v in loader_options.items()

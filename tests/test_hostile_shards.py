@@ -215,6 +215,27 @@ def test_oversized_members_are_not_read(tmp_path):
 # 5. Strict JSON out
 
 
+@pytest.mark.parametrize("meta, value, change", [
+    ('{"c": "x \udc80"}'.encode("utf-8", "surrogatepass"), "x \ufffd", "invalid_unicode"),  # raw surrogate bytes
+    (b'{"c": 1' + b"0" * 400 + b'.5}', None, "json_non_finite"),  # 401 digits overflow a float
+    (b'{"c": 2E+308}', None, "json_non_finite"),
+    (b'{"c": [1e-400, "plain"]}', [0.0, "plain"], None),  # looks suspect, is strict: walked, unchanged
+])
+def test_strict_json_whatever_the_json_spells(meta, value, change):
+    changes: set[str] = set()
+    got = sample_decode.parse_json(meta, ReadLimits(), changes)
+    assert got["c"] == value and changes == ({change} if change else set())
+
+
+def test_json_deeper_than_the_limit_is_refused_even_when_it_parses():
+    nested = b'{"c": ' + b"[" * 65 + b"]" * 65 + b"}"
+    with pytest.raises(ValueError, match="deeper than 64"):
+        sample_decode.parse_json(nested, ReadLimits(), set())
+    assert sample_decode.parse_json(nested, ReadLimits(max_json_depth=80), set())["c"]
+
+
+
+
 def test_non_finite_numbers_and_lone_surrogates_become_strict_json(tmp_path):
     meta = b'{"caption": "c \\ud800 x", "w": NaN, "h": Infinity, "big": 1e400, "l": [-Infinity, 1.5], "\\udfff": 1}'
     samples, _, end = read(write_tar(tmp_path / "00000.tar", sample("k", meta=meta)))

@@ -211,3 +211,38 @@ def test_complete_with_tells_missing_matching_and_other_settings_apart(tmp_path)
     assert complete_with(path, "abc")  # made by these settings: skip
     with pytest.raises(OtherSettings, match="fingerprint abc, now xyz"):
         complete_with(path, "xyz")  # made by other settings: refuse to mix
+
+
+def _passes(urls, replay_bytes, records):
+    """The first `records` records of a repeated stream: (kind, key, pixels) each."""
+    out = []
+    for item in event_pipeline(urls, repeat=True, replay_bytes=replay_bytes):
+        if isinstance(item, dict):
+            out.append(("sample", item["__key__"], item["image"].tobytes(), item["json"]["caption"]))
+            item.pop("image")  # a stage that changes the sample dict: the next pass must not see it
+        else:
+            out.append((type(item).__name__, getattr(item, "key", None), None, None))
+        if len(out) == records:
+            return out
+
+
+def test_replayed_passes_are_the_records_read_from_disk(tmp_path):
+    bad = {"__key__": "00000bad", "jpg": b"not a jpeg", "txt": "x"}
+    urls = [str(make_shard(tmp_path / "a-00000.tar", [good(0), bad, good(1)])),
+            str(make_shard(tmp_path / "a-00001.tar", [good(0, 1), good(1, 1)]))]
+    # three passes over 2 shards: 2 + 1 skip + 2 ends = 7 records a pass
+    assert _passes(urls, 1 << 20, 21) == _passes(urls, 0, 21)
+    kinds = [k for k, *_ in _passes(urls, 1 << 20, 21)]
+    assert kinds.count("Skip") == 3 and kinds.count("ShardEnd") == 6
+
+
+def test_replay_keeps_only_the_shards_that_fit_its_budget(tmp_path):
+    from data_pipelines.shards import ShardReplay
+
+    url = str(make_shard(tmp_path / "b-00000.tar", [good(i) for i in range(4)]))
+    small, roomy = ShardReplay(budget_bytes=1000), ShardReplay(budget_bytes=1 << 20)
+    for replay in (small, roomy):
+        first = [r for r in replay.events(url, ReadLimits()) if isinstance(r, dict)]
+        again = [r for r in replay.events(url, ReadLimits()) if isinstance(r, dict)]
+        assert [r["__key__"] for r in again] == [r["__key__"] for r in first] == [f"00000{i:04d}" for i in range(4)]
+    assert small.kept == {} and list(roomy.kept) == [url]  # 4 16x16 images are ~3 kB: over 1000 bytes

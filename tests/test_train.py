@@ -450,3 +450,20 @@ def test_flagged_sample_with_nothing_kept_is_never_trained_on():
                   "chosen": None, "nothing_kept": True}}}
     for source in ("txt", "json", "mix"):
         assert TextSelector(TextConfig(source=source))(sample, random.Random(0)) is None, source
+
+
+def test_token_cache_gives_the_tokenizers_ids_full_or_not():
+    import open_clip
+
+    from mmw2s.train.data import TokenCache
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=12)
+    texts = ["a red square", "two blue circles", "a red square", "one green star"]
+    calls = {"roomy": [], "full": []}
+    caches = {name: TokenCache(lambda t, name=name: calls[name].append(list(t)) or tokenizer(t),
+                               max_texts=200 if name == "roomy" else 1) for name in calls}
+    for cache in caches.values():
+        assert torch.equal(cache(texts), tokenizer(texts)) and torch.equal(cache(texts[::-1]), tokenizer(texts[::-1]))
+    # each distinct text tokenized once; a full cache re-tokenizes the texts it could not hold
+    assert calls["roomy"] == [["a red square", "two blue circles", "one green star"]]
+    assert calls["full"][1] == ["one green star", "two blue circles"]

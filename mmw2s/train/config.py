@@ -87,6 +87,9 @@ class TrainConfig:
         "help": "accelerate mixed precision (bf16 works on CPU; fp16 needs a GPU)"})
     workers: int = field(default=2, metadata={"help": "DataLoader worker processes per rank"})
     shuffle_buffer: int = field(default=256, metadata={"help": "samples in the shuffle buffer"})
+    replay_mb: int = field(
+        default=1024, metadata={"help": "MB of decoded samples each data worker keeps to replay on later passes "
+                                        "over its shards instead of reading them again (0: read every pass)"})
     prefetch_factor: int = field(default=4, metadata={
         "help": "batches each DataLoader worker prepares ahead (workers > 0)"})
     pin_memory: Optional[bool] = field(default=None, metadata={

@@ -204,7 +204,7 @@ def _train(r: Run) -> None:
     loader = make_loader(getattr(r.task, "data", cfg.data), r.task.selector, r.task.images_to_tensor,
                          batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
                          rank=acc.process_index, world=acc.num_processes,
-                         consumed=p.batches_consumed, shuffle_buffer=cfg.shuffle_buffer,
+                         consumed=p.batches_consumed, shuffle_buffer=cfg.shuffle_buffer, replay_mb=cfg.replay_mb,
                          tokenize=getattr(r.task, "texts_to_tokens", None),
                          generator=_loader_generator(cfg.seed, acc.process_index),
                          **loader_settings(cfg.prefetch_factor, cfg.pin_memory, cfg.persistent_workers,

@@ -27,6 +27,7 @@ from PIL import Image
 
 from data_pipelines.shards import ReadLimits, iter_samples
 from mmw2s.train.config import TrainConfig
+from mmw2s.train.data import TokenCache
 from mmw2s.train.conversations import llava_sources, stage1_turns, stage2_selector, vocabulary_texts
 from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from models.captioner_build import build_captioner, list_captioners
@@ -112,7 +113,7 @@ class ClipTask:
         self.dual: DualEncoder = build_dual_encoder(cfg.dual_encoder)
         self.module = self.dual.model
         self.images_to_tensor = TransformImages(self.dual.preprocess_train)
-        self.texts_to_tokens = self.dual.tokenizer  # light: runs in workers, off the training thread
+        self.texts_to_tokens = TokenCache(self.dual.tokenizer)  # runs in workers, off the training thread
         kwargs = ({"aux_coef": cfg.loss.aux_coef, "warmup_frac": cfg.loss.aux_warmup_frac}
                   if cfg.loss_name == "aux_confidence" else {})
         self.loss_fn = build_loss(cfg.loss_name, **kwargs)
