@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 # The one number per (model, benchmark) that the report compares. Classification: top-1 accuracy;
 # retrieval: the mean of image->text and text->image recall@1 (both directions matter for CLIP).
@@ -170,12 +170,7 @@ def plot_lines(xs: Sequence[object], series: Mapping[str, Sequence[tuple[float |
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     positions = list(range(len(xs)))
-    for name, points in series.items():
-        px = [x for x, (m, _) in zip(positions, points) if m is not None]
-        py = [m for m, _ in points if m is not None]
-        errs = [s or 0.0 for m, s in points if m is not None]
-        if px:
-            ax.errorbar(px, py, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+    _draw_series(ax, positions, series)
     for ref in refs:
         ax.axhline(ref, color="gray", lw=0.8, ls="--")
     ax.set_xticks(positions)
@@ -184,6 +179,21 @@ def plot_lines(xs: Sequence[object], series: Mapping[str, Sequence[tuple[float |
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(plt, fig, ax, path)
+
+
+def _draw_series(ax: Any, positions: Sequence[int],
+                 series: Mapping[str, Sequence[tuple[float | None, float | None]]]) -> bool:
+    """One error-bar line per series over its (mean, std) points, gaps where the mean is None;
+    whether anything was drawn."""
+    drawn = False
+    for name, points in series.items():
+        px = [x for x, (m, _) in zip(positions, points) if m is not None]
+        py = [m for m, _ in points if m is not None]
+        errs = [s or 0.0 for m, s in points if m is not None]
+        if px:
+            ax.errorbar(px, py, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+            drawn = True
+    return drawn
 
 
 def plot_panels(xs: Sequence[object],
@@ -196,15 +206,7 @@ def plot_panels(xs: Sequence[object],
     fig, axes = plt.subplots(rows, 2, figsize=(11, 3.4 * rows), squeeze=False)
     positions = list(range(len(xs)))
     for ax, (title, ylabel, series) in zip(axes.flat, panels):
-        drawn = False
-        for name, points in series.items():
-            px = [x for x, (m, _) in zip(positions, points) if m is not None]
-            py = [m for m, _ in points if m is not None]
-            errs = [s or 0.0 for m, s in points if m is not None]
-            if px:
-                ax.errorbar(px, py, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
-                drawn = True
-        if not drawn:
+        if not _draw_series(ax, positions, series):
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks(positions)
         ax.set_xticklabels([str(x) for x in xs])
