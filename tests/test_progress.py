@@ -31,3 +31,12 @@ def test_a_stage_found_complete_does_not_enter_the_estimate():
     assert "complete, skipped" in progress.done(0, "world", 0.1, skipped=True)
     assert progress.estimate_rest() is None
     assert "no estimate yet" in progress.done(1, "student", 0.1, skipped=True)
+
+
+def test_stages_complete_before_the_run_are_not_expected_to_cost_anything():
+    # a rerun over a folder whose world and first student are done: only the others are left
+    progress = StageProgress(["world", "student", "student", "eval"], complete={0, 1})
+    progress.done(0, "world", 6.0, skipped=True)
+    progress.done(1, "student_web", 30.0, skipped=True)
+    progress.done(2, "student_gold", 30.0)
+    assert progress.estimate_rest() == 30.0  # the eval, by the mean of what ran; not the world again

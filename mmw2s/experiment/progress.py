@@ -4,14 +4,15 @@ The estimate of the rest needs no table of costs: a stage not yet run is expecte
 stages of its kind took so far in this run (a student what the first student took, a seed what
 the first seed took), else the mean of all stages so far; with stages running ``jobs`` at a time
 the rest takes that sum over ``jobs``. Stages found complete on a resumed run cost nothing and are
-left out of the means. Stages end out of order when they run side by side, so the line counts the
+left out of the means, and those known to be complete before the run starts (`complete`) are
+not expected to cost anything. Stages end out of order when they run side by side, so the line counts the
 stages done, not the index of the one that ended.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Sequence
+from typing import Iterable, Sequence
 
 
 def _clock(seconds: float) -> str:
@@ -22,8 +23,8 @@ def _clock(seconds: float) -> str:
 class StageProgress:
     """Call `done(i, seconds)` after stage ``i`` of ``kinds`` (a stage kind per step) has run."""
 
-    def __init__(self, kinds: Sequence[str], jobs: int = 1) -> None:
-        self.kinds, self.jobs = list(kinds), max(1, jobs)
+    def __init__(self, kinds: Sequence[str], jobs: int = 1, complete: Iterable[int] = ()) -> None:
+        self.kinds, self.jobs, self.complete = list(kinds), max(1, jobs), set(complete)
         self.start = time.perf_counter()
         self.spent: dict[str, list[float]] = defaultdict(list)
         self.finished: set[int] = set()
@@ -35,7 +36,7 @@ class StageProgress:
             return None
         mean = sum(every) / len(every)
         per_kind = {k: sum(v) / len(v) for k, v in self.spent.items()}
-        left = [kind for j, kind in enumerate(self.kinds) if j not in self.finished]
+        left = [kind for j, kind in enumerate(self.kinds) if j not in self.finished | self.complete]
         return sum(per_kind.get(kind, mean) for kind in left) / self.jobs
 
     def done(self, i: int, name: str, seconds: float, skipped: bool = False) -> str:

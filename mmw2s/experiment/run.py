@@ -14,7 +14,7 @@ from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order
 from mmw2s.experiment.progress import StageProgress
 from mmw2s.experiment.scheduler import resolve_jobs, run_steps
-from mmw2s.experiment.stages import split_eval
+from mmw2s.experiment.stages import split_eval, timing_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def run_all(steps_by_seed: dict[int, list[Step]], jobs: int) -> dict[int, dict[s
         seen = {str(s.out) for _, s in flat}
         flat += [(seed, part) for s in steps if str(s.out) not in seen  # a stage two seeds share runs once
                  for part in split_eval(s)]
-    progress = StageProgress([stage_kind(s) for _, s in flat], resolve_jobs(jobs))
+    complete = [i for i, (_, s) in enumerate(flat) if timing_path(s).exists()]  # found done: ~0 s each
+    progress = StageProgress([stage_kind(s) for _, s in flat], resolve_jobs(jobs), complete)
     timings: dict[int, dict[str, dict[str, float]]] = {seed: {} for seed in steps_by_seed}
 
     def done(i: int, step: Step, seconds: dict, before: bool) -> None:
