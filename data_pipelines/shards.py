@@ -121,10 +121,14 @@ class ShardReplay:
     def __init__(self, budget_bytes: int) -> None:
         self.budget, self.used = budget_bytes, 0
         self.kept: dict[str, list[Any]] = {}
+        self.too_big: set[str] = set()  # read from disk every pass, without holding its records
 
     def events(self, url: str, limits: ReadLimits) -> Iterator[Any]:
         if url in self.kept:
             yield from map(copy.copy, self.kept[url])
+            return
+        if url in self.too_big:
+            yield from shard_events(url, limits)
             return
         records: list[Any] | None = []
         size = 0
@@ -134,6 +138,7 @@ class ShardReplay:
                 records.append(copy.copy(record))
                 if self.used + size > self.budget:
                     records = None  # this shard does not fit: stop holding its records
+                    self.too_big.add(url)
             yield record
         if records is not None:
             self.kept[url], self.used = records, self.used + size

@@ -234,8 +234,6 @@ def test_json_deeper_than_the_limit_is_refused_even_when_it_parses():
     assert sample_decode.parse_json(nested, ReadLimits(max_json_depth=80), set())["c"]
 
 
-
-
 def test_non_finite_numbers_and_lone_surrogates_become_strict_json(tmp_path):
     meta = b'{"caption": "c \\ud800 x", "w": NaN, "h": Infinity, "big": 1e400, "l": [-Infinity, 1.5], "\\udfff": 1}'
     samples, _, end = read(write_tar(tmp_path / "00000.tar", sample("k", meta=meta)))

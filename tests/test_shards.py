@@ -246,3 +246,4 @@ def test_replay_keeps_only_the_shards_that_fit_its_budget(tmp_path):
         again = [r for r in replay.events(url, ReadLimits()) if isinstance(r, dict)]
         assert [r["__key__"] for r in again] == [r["__key__"] for r in first] == [f"00000{i:04d}" for i in range(4)]
     assert small.kept == {} and list(roomy.kept) == [url]  # 4 16x16 images are ~3 kB: over 1000 bytes
+    assert small.too_big == {url} and roomy.too_big == set()

@@ -4,9 +4,9 @@ The estimate of the rest needs no table of costs: a stage not yet run is expecte
 stages of its kind took so far in this run (a student what the first student took, a seed what
 the first seed took), else the mean of all stages so far; with stages running ``jobs`` at a time
 the rest takes that sum over ``jobs``. Stages found complete on a resumed run cost nothing and are
-left out of the means, and those known to be complete before the run starts (`complete`) are
-not expected to cost anything. Stages end out of order when they run side by side, so the line counts the
-stages done, not the index of the one that ended.
+left out of the means; those known to be complete before the run starts (`complete`) are not
+expected to cost anything. Stages end out of order when they run side by side, so the line
+counts the stages done, not the index of the one that ended.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ class StageProgress:
             return None
         mean = sum(every) / len(every)
         per_kind = {k: sum(v) / len(v) for k, v in self.spent.items()}
-        left = [kind for j, kind in enumerate(self.kinds) if j not in self.finished | self.complete]
+        settled = self.finished | self.complete
+        left = [kind for j, kind in enumerate(self.kinds) if j not in settled]
         return sum(per_kind.get(kind, mean) for kind in left) / self.jobs
 
     def done(self, i: int, name: str, seconds: float, skipped: bool = False) -> str:
