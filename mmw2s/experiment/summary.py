@@ -427,7 +427,7 @@ def write_sweep_report(cfg: ExperimentConfig, variants: list[Variant]) -> Path:
     bias_series = _bias_series(per_value)
     if bias_series:
         setting = bias_setting(variants[-1].cfg) or {"source": "source", "target": "target"}
-        ylabel = f"{setting['source']} called {setting['target']} (%)"
+        ylabel = f"fraction of {setting['source']} called {setting['target']}"
         plot_lines(xs, bias_series, out / "sweep_bias.png", label, ylabel, "bias inherited from the teachers")
         sections += ["## Bias inherited", "", markdown_table(
             [label, *bias_series], [[x, *[fmt(*bias_series[m][i]) for m in bias_series]] for i, x in enumerate(xs)]),
