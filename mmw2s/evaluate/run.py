@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Iterable
 
 from data_pipelines.benchmarks import (
-    CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, load_benchmark, load_world_test,
+    CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, check_benchmark, load_benchmark, load_world_test,
     world_suite,
 )
 from data_pipelines.shards import write_json_atomic
 from mmw2s.config import save_config
+from mmw2s.errors import StageError
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
 from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
@@ -144,10 +145,24 @@ def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSe
 def run(cfg: EvalConfig) -> dict:
     """Evaluate every model of ``cfg`` on every benchmark; write the per-pair JSONs and the summary."""
     out = Path(cfg.out)
+    check_benchmarks(cfg.benchmarks, BenchmarkCache(cfg.world, cfg.vqa))
     save_config(cfg, out)
     evaluate_models(cfg, cfg.models)
     records = [json.loads(result_path(out, m.name, b).read_text()) for m in cfg.models for b in cfg.benchmarks]
     return write_summary(records, out)
+
+
+def check_benchmarks(specs: Iterable[str], cache: BenchmarkCache) -> None:
+    """Build and check every benchmark before any model is evaluated (a bad folder found after an
+    hour of evaluation costs that hour); a `StageError` lists every problem, one per benchmark."""
+    problems = []
+    for spec in specs:
+        try:
+            check_benchmark(cache.get(spec))
+        except (ValueError, FileNotFoundError) as exn:
+            problems.append(f"{spec}: {exn}")
+    if problems:
+        raise StageError("cannot evaluate on " + "; ".join(problems))
 
 
 def evaluate_models(cfg: EvalConfig, entries: Iterable[ModelEntry]) -> None:
