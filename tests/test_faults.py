@@ -22,7 +22,7 @@ from data_pipelines.shards import ShardWriter, stats_path
 from mmw2s.config import ConfigError, load_config
 from mmw2s.errors import StageError
 from mmw2s.interrupts import descendants
-from mmw2s.runlock import hold_run_folder
+from mmw2s.run_folder import hold_run_folder
 from test_bootstrap import (ROOT, all_keys, bootstrap, cli_env, decisions, overrides, reference,  # noqa: F401
                             schema_defaults, tiny_models, world)
 
@@ -141,7 +141,7 @@ def test_a_job_with_the_same_settings_waits_for_the_holder(tmp_path):
 
 
 def test_the_lock_of_a_killed_job_is_free(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmw2s.runlock import hold_run_folder\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmw2s.run_folder import hold_run_folder\n"
                                f"with hold_run_folder({str(tmp_path)!r}, 'a'):\n    print('held', flush=True); "
                                "time.sleep(60)"], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -4,7 +4,7 @@
     out/thresholds.json    thresholds used (calibrated ones written before the first shard)
     out/shards/NAME.tar    one output shard per input shard + NAME_stats.json (= complete)
     out/summary.json       totals over all shards, kept fractions, thresholds, images/s
-    out/.mmw2s.lock        held (flock) by the one job writing this folder (`mmw2s.runlock`)
+    out/.mmw2s.lock        held (flock) by the one job writing this folder (`mmw2s.run_folder`)
 
 `engine=local` (default) runs the shards in this process or the ranks of `accelerate launch`
 (`engines/local.py`); `engine=ray` hands them to a pool of Ray actors (`engines/ray.py`). Both
@@ -23,8 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.shards import (expand_urls, is_complete, read_state_json, shard_events, shard_name, stats_path,
-                                   write_json_atomic)
+from data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.config import BootstrapConfig
@@ -32,7 +31,7 @@ from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
 from mmw2s.bootstrap.writer import output_path
-from mmw2s.runlock import hold_run_folder
+from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,11 @@ def run(cfg: BootstrapConfig) -> dict:
 
 def bootstrap(cfg: BootstrapConfig, engine: Any) -> dict:
     """The run on an open engine (see `mmw2s.bootstrap.engines`), holding the run folder's lock
-    (`mmw2s.runlock`: one job per `out=`)."""
+    (`mmw2s.run_folder`: one job per `out=`)."""
     urls = input_urls(cfg.input)
     out = Path(cfg.out)
     if engine.is_main:
-        make_run_folder(out)
+        make_run_folder(out, "shards")
     lock = hold_run_folder(out, settings_fingerprint(cfg)) if engine.is_main else contextlib.nullcontext()
     with lock:
         summary = bootstrap_locked(cfg, engine, urls)
@@ -66,16 +65,6 @@ def bootstrap(cfg: BootstrapConfig, engine: Any) -> dict:
                          f"{'; ...' if len(unreadable) > 5 else ''}); the other shards are complete: rerun the "
                          "same command to retry these")
     return summary
-
-
-def make_run_folder(out: Path) -> None:
-    """`out/shards/`, with a one-line error when `out` (or a folder above it) is a file or unwritable."""
-    try:
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise StageError(f"out={out} is not a folder (a file of that name, or above it, exists)") from None
-    except PermissionError as exn:
-        raise StageError(f"out={out}: cannot create the run folder: {exn.strerror}") from None
 
 
 def bootstrap_locked(cfg: BootstrapConfig, engine: Any, urls: list[str]) -> dict:
@@ -96,22 +85,6 @@ def bootstrap_locked(cfg: BootstrapConfig, engine: Any, urls: list[str]) -> dict
         log.info("bootstrap done: %s", json.dumps(totals))
     engine.barrier()
     return summary
-
-
-def input_urls(spec: str) -> list[str]:
-    """The input shard URLs; their names must be distinct since outputs are named after them."""
-    try:
-        urls = expand_urls(spec)
-    except FileNotFoundError as exn:
-        raise StageError(f"input={spec}: {exn}") from None
-    names = [shard_name(u) for u in urls]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise StageError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
-                         "so bootstrap each folder into its own out=")
-    if not urls:
-        raise StageError(f"no input shards in {spec!r}")
-    return urls
 
 
 def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:

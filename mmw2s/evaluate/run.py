@@ -18,7 +18,7 @@ from data_pipelines.benchmarks import (
     CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, check_benchmark, load_benchmark, load_world_test,
     world_suite,
 )
-from data_pipelines.shards import write_json_atomic
+from data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.errors import StageError
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
@@ -118,9 +118,10 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
     for spec in benchmarks:
         key = spec if isinstance(spec, str) else spec.name
         path = result_path(out_dir, name, key)
-        if path.exists() and not overwrite:
+        done = _finished_metrics(path) if path.exists() and not overwrite else None
+        if done is not None:
             log.info("%s exists: skipped", path)
-            results[key] = json.loads(path.read_text())["metrics"]
+            results[key] = done
             continue
         if scorer is None:
             from mmw2s.evaluate.adapters import build_scorer  # loads torch and the models
@@ -132,6 +133,19 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
         log.info("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
         results[key] = record["metrics"]
     return results
+
+
+def _finished_metrics(path: Path) -> dict | None:
+    """The metrics of an earlier result file, or None (with a warning) when it is corrupt: redo it."""
+    try:
+        metrics = read_state_json(path)["metrics"]
+        if isinstance(metrics, dict):
+            return metrics
+        problem = "its metrics are not an object"
+    except (StateFileError, KeyError) as exn:
+        problem = str(exn)
+    log.warning("%s cannot be used (%s); evaluating that pair again", path, problem)
+    return None
 
 
 def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSettings:

@@ -25,9 +25,10 @@ from typing import Any, Iterator
 
 from data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from data_pipelines.shards import OtherSettings, ReadLimits, complete_with, read_state_json, ShardEnd, ShardWriter, Skip, expand_urls, is_complete, \
+from data_pipelines.shards import OtherSettings, ReadLimits, complete_with, read_state_json, ShardEnd, ShardWriter, Skip, is_complete, \
     shard_events, shard_name, stats_path, write_json_atomic
 from mmw2s.errors import StageError
+from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 from mmw2s.synthesize.backends import ApiBackend, LocalBackend, Request, Response, TemplateBackend, \
     request_seed, usage_cost
 from mmw2s.synthesize.cache import ResponseCache
@@ -50,10 +51,17 @@ def run(cfg: SynthesizeConfig) -> dict:
 
     out = Path(cfg.out)
     urls = input_urls(cfg.input)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    make_run_folder(out)
     backend = build_backend(cfg)
     fingerprint = run_fingerprint(cfg, backend)
+    with hold_run_folder(out, fingerprint):  # one job per out= (see `mmw2s.run_folder`)
+        save_config(cfg, out)
+        return synthesize_locked(cfg, backend, urls, fingerprint)
+
+
+def synthesize_locked(cfg: SynthesizeConfig, backend: Any, urls: list[str], fingerprint: str) -> dict:
+    """The run once this job holds the run folder."""
+    out = Path(cfg.out)
     todo = [u for u in urls if not shard_done(out, u, fingerprint)]
     log.info("%d input shards, %d complete, %d to do (backend %s)", len(urls), len(urls) - len(todo),
              len(todo), backend.name)
@@ -73,18 +81,6 @@ def run(cfg: SynthesizeConfig) -> dict:
         log.error("shards left incomplete (requests failed after every retry; rerun to redo them): %s",
                   summary["incomplete_shards"])
     return summary
-
-
-def input_urls(spec: str) -> list[str]:
-    """The input shard URLs; outputs are named after them, so names must be distinct."""
-    urls = expand_urls(spec)
-    names = [shard_name(u) for u in urls]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise ValueError(f"input shards share names {clashes[:5]}; synthesize each folder into its own out=")
-    if not urls:
-        raise ValueError(f"no input shards in {spec!r}")
-    return urls
 
 
 def build_backend(cfg: SynthesizeConfig) -> Any:

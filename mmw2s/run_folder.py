@@ -1,4 +1,8 @@
-"""One writer per run folder: an exclusive kernel lock on `OUT/.mmw2s.lock`.
+"""A stage's run folder: its input shards, the folder itself, and one writer at a time.
+
+`input_urls` expands the input spec (outputs are named after input shards, so their names must
+differ), `make_run_folder` creates `out=`, both with one-line errors. `hold_run_folder` is an
+exclusive kernel lock on `OUT/.mmw2s.lock`:
 
 Two jobs writing one run folder mix their outputs (one config's shards beside another's, every
 shard computed twice). A job therefore holds `fcntl.flock` on the folder's lock file for as long as
@@ -33,6 +37,36 @@ from mmw2s.errors import StageError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".mmw2s.lock"
+
+
+def input_urls(spec: str) -> list[str]:
+    """The input shard URLs; their names must be distinct since outputs are named after them."""
+    from data_pipelines.shards import expand_urls, shard_name
+
+    try:
+        urls = expand_urls(spec)
+    except FileNotFoundError as exn:
+        raise StageError(f"input={spec}: {exn}") from None
+    names = [shard_name(u) for u in urls]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise StageError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
+                         "so process each folder into its own out=")
+    if not urls:
+        raise StageError(f"no input shards in {spec!r}")
+    return urls
+
+
+def make_run_folder(out: Path, *subfolders: str) -> None:
+    """`out/` and its `subfolders`, with a one-line error when `out` (or a folder above it) is a file
+    or cannot be created."""
+    try:
+        for sub in subfolders or (".",):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StageError(f"out={out} is not a folder (a file of that name, or above it, exists)") from None
+    except PermissionError as exn:
+        raise StageError(f"out={out}: cannot create the run folder: {exn.strerror}") from None
 
 
 @contextlib.contextmanager
