@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -84,6 +85,12 @@ class CaptionerScorer(PairwiseScorer):
         pixels = self.captioner.preprocess(list(images))
         out = self.captioner.generate(pixels, num_captions=1, method="greedy",
                                       max_new_tokens=self.settings.caption_max_new_tokens)
+        return [caps[0] for caps in out]
+
+    def write_captions(self, images: Sequence[Image.Image], **decoding: Any) -> list[str]:
+        """One caption per image with the given decoding (``Captioner.caption``'s arguments), through
+        the captioner's own input builder: BLIP, VisionEncoderDecoder and prompted VLMs alike."""
+        out = self.captioner.caption(self.captioner.input_builder()(list(images)), num_captions=1, **decoding)
         return [caps[0] for caps in out]
 
     can_answer = True
@@ -187,9 +194,13 @@ def build_scorer(entry: ModelEntry, device: str = "auto",
         dual.model.to(dev).eval()
         return DualEncoderScorer(dual, entry.name, entry.path or spec.pretrained or spec.arch)
     if entry.kind == "captioner":
+        from models.captioner_build import load_captioner  # BLIP, VED or a prompted VLM, by its config
+
         source = entry.path or entry.captioner.name
-        captioner = Captioner.load(_existing(source, entry), max_length=entry.captioner.max_length)
-        captioner.model.to(dev).eval()
+        captioner = load_captioner(replace(entry.captioner, name=_existing(source, entry)))
+        if entry.captioner.device_map is None:  # else from_pretrained placed it
+            captioner.model.to(dev)
+        captioner.model.eval()
         return CaptionerScorer(captioner, entry.name, source, settings)
     if entry.kind == "filter":
         source = entry.path or entry.filter.name
