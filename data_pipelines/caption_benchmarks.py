@@ -35,6 +35,8 @@ from data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sa
 from data_pipelines.world import SHAPES
 
 CAPTIONING_TASK = "captioning"  # CLIP_benchmark's name of the task
+# CHAIR's synonym list for the 80 COCO categories, in its form: "category, synonym, synonym, ..."
+COCO_SYNONYMS = Path(__file__).with_name("chair_coco_synonyms.txt")
 
 
 @dataclass

@@ -348,3 +348,26 @@ def test_eval_captioning_end_to_end_agrees_with_coco_eval_cap_and_resumes(export
     again = json.loads(R.result_path(tmp_path, "cap", coco_spec).read_text())
     assert seen == [2] and again["details"]["chunks_reused"] == 2
     assert again["metrics"] == pytest.approx(record["metrics"], abs=1e-9)
+
+
+def test_the_report_adds_cider_and_clip_score_with_their_pgr(tmp_path):
+    from types import SimpleNamespace
+
+    from mmw2s.experiment import captioning as C
+
+    values = {"weak_captioner": (0.2, 0.3), "captioner_bootstrapped": (0.4, 0.5), "captioner_gold": (0.6, 0.9)}
+    summary = {m: {"world:captions": {"exact_match": e, "object_recall": e, "hallucination_rate": 1 - e},
+                   "world:captioning": {"CIDEr": c, "clip_score": c / 2, "Bleu_4": 0.1}}
+               for m, (e, c) in values.items()}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    scores = C.caption_metrics([SimpleNamespace(stage="eval", cfg=SimpleNamespace(out=str(tmp_path)))])
+    keys = C.metric_keys([scores])
+    assert keys == ("exact_match", "object_recall", "hallucination_rate", "CIDEr", "clip_score")
+    pgr = C.caption_pgr(scores, ["captioner_bootstrapped"], 1e-6, keys)["captioner_bootstrapped"]
+    assert pgr["CIDEr"] == pytest.approx((0.5 - 0.3) / (0.9 - 0.3))
+    assert pgr["clip_score"] == pytest.approx(pgr["CIDEr"])
+    assert pgr["mean"] == pytest.approx(0.5)  # over the three caption-accuracy metrics only
+    without = {m: {"world:captions": by["world:captions"]} for m, by in summary.items()}
+    (tmp_path / "summary.json").write_text(json.dumps(without))
+    assert C.metric_keys([C.caption_metrics([SimpleNamespace(stage="eval", cfg=SimpleNamespace(out=str(tmp_path)))])]) \
+        == C.METRICS

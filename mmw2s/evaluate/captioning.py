@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import torch
 
 from data_pipelines.benchmarks import Benchmark, Example
-from data_pipelines.caption_benchmarks import CaptionBenchmark, CaptionItem
+from data_pipelines.caption_benchmarks import COCO_SYNONYMS, CaptionBenchmark, CaptionItem
 from data_pipelines.shards import write_json_atomic
 from mmw2s.evaluate import caption_metrics as CM
 from mmw2s.evaluate.common import Skipped, batched
@@ -33,7 +33,6 @@ from mmw2s.evaluate.scorers import Scorer
 
 log = logging.getLogger(__name__)
 SHOWN = 5  # (prediction, references) examples kept in the result's details
-COCO_SYNONYMS = Path(__file__).resolve().parents[2] / "data_pipelines" / "chair_coco_synonyms.txt"
 
 
 def decoding_of(cfg: CaptioningConfig) -> dict[str, Any]:
