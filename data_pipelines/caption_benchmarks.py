@@ -63,7 +63,12 @@ class CaptionBenchmark(Benchmark):
 
 def caption_benchmark(name: str, items: list[CaptionItem], loader, categories: list[str] | None = None,
                       notes: str = "", info: dict | None = None) -> CaptionBenchmark:
-    """A `CaptionBenchmark` whose `examples()` yields every item as an `Example` (texts = references)."""
+    """A `CaptionBenchmark` whose `examples()` yields every item as an `Example` (texts = references).
+    Raises ValueError for a repeated image id (the predictions file is keyed by it)."""
+    seen: set = set()
+    repeated = [it.image_id for it in items if it.image_id in seen or seen.add(it.image_id)]
+    if repeated:
+        raise ValueError(f"{name}: image ids repeat ({len(repeated)}x, e.g. {repeated[0]!r}); each image needs its own id")
     def source() -> Iterator[Example]:
         for i, image in loader(range(len(items))):
             it = items[i]
@@ -142,6 +147,8 @@ def _coco_items(path: Path, data: dict) -> list[CaptionItem]:
     for image in data["images"]:
         if "id" not in image or "file_name" not in image:
             raise ValueError(f"{path}: an image entry without 'id' / 'file_name': {str(image)[:200]}")
+        if image["id"] in by_id:
+            raise ValueError(f"{path}: image ids repeat, e.g. {image['id']!r}; each image needs its own id")
         by_id[image["id"]] = CaptionItem(image["id"], image["file_name"], [])
         items.append(by_id[image["id"]])
     for ann in data["annotations"]:

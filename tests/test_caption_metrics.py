@@ -371,3 +371,40 @@ def test_the_report_adds_cider_and_clip_score_with_their_pgr(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(without))
     assert C.metric_keys([C.caption_metrics([SimpleNamespace(stage="eval", cfg=SimpleNamespace(out=str(tmp_path)))])]) \
         == C.METRICS
+
+
+def test_a_prompted_vlm_is_scored_by_the_captioning_task(exported, tmp_path, monkeypatch):
+    from data_pipelines.benchmarks import load_world_test
+    from mmw2s.config import load_config
+    from mmw2s.evaluate import run as R
+    from mmw2s.evaluate.config import EvalConfig
+    from models.vlm_tiny import build_tiny_vlm
+
+    root, _ = exported
+    words = {w for it in load_world_test(root / "world") for w in it["gold_caption"].split()}
+    vlm = build_tiny_vlm("qwen2_vl", tmp_path / "qwen", words)
+    real_which = shutil.which  # no Java: the fast fallback path is enough to see the VLM scored
+    monkeypatch.setattr(CM.shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name))
+    cfg = load_config(EvalConfig, None, [
+        f"out={tmp_path / 'out'}", f"world={root / 'world'}", "benchmarks=[world:captioning]", "batch_size=6",
+        "captioning.method=greedy", "captioning.max_new_tokens=6", "captioning.min_new_tokens=1",
+        "captioning.clip=null",
+        f"models=[{{name: vlm, kind: captioner, path: {vlm}, captioner: {{prompt: describe this image .}}}}]"])
+    R.run(cfg)
+    record = json.loads(R.result_path(tmp_path / "out", "vlm", "world:captioning").read_text())
+    assert record["task"] == "captioning" and record["pretrained"] == str(vlm)
+    assert record["details"]["decoding"]["method"] == "greedy" and record["details"]["tokenizer"] == "python-fallback"
+    predictions = json.loads(Path(record["details"]["predictions_file"]).read_text())
+    assert [p["image_id"] for p in predictions] == list(range(12))
+    assert all(isinstance(p["caption"], str) for p in predictions)
+    assert record["metrics"]["CIDEr"] is not None and record["metrics"]["clip_score"] is None
+    assert "captioning.clip=null" in record["details"]["clip_model"]
+
+
+def test_repeated_image_ids_are_refused(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    bad = tmp_path / "captions_x.json"
+    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "a.png"}],
+                               "annotations": [{"id": 0, "image_id": 1, "caption": "a cat"}]}))
+    with pytest.raises(ValueError, match="image ids repeat"):
+        CB.read_coco_captions(bad)
