@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 from urllib.parse import parse_qs
 
 from PIL import Image
@@ -54,7 +54,7 @@ class CaptionBenchmark(Benchmark):
     """A `Benchmark` whose items are known up front, so a run can caption any subset of them."""
     items: list[CaptionItem] = field(default_factory=list)
     categories: list[str] | None = None  # the object vocabulary when objects are annotated
-    loader: object = None  # callable: indices -> iterator of (index, PIL image)
+    loader: Callable[[Sequence[int]], Iterator[tuple[int, Image.Image]]] | None = None  # indices -> images
 
     def images(self, indices: Sequence[int]) -> Iterator[tuple[int, Image.Image]]:
         """``(index, RGB image)`` of the wanted items, in benchmark order."""

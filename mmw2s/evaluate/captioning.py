@@ -47,7 +47,11 @@ def decoding_of(cfg: CaptioningConfig) -> dict[str, Any]:
 
 
 def evaluate_captioning(scorer: Scorer, bench: Benchmark, examples: Iterable[Example], settings) -> tuple[dict, dict]:
-    """Caption every image (resuming finished chunks), write the predictions, compute the metrics."""
+    """Caption every image (resuming finished chunks), write the predictions, compute the metrics.
+
+    Reads ``bench.items`` (the first ``settings.limit``) rather than ``examples``, so that finished
+    chunks are skipped without decoding their images.
+    """
     if not isinstance(bench, CaptionBenchmark):
         raise ValueError(f"{bench.name}: the captioning task needs a caption benchmark (world:captioning, "
                          "coco:..., wds-captions:...)")
