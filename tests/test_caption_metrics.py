@@ -386,11 +386,13 @@ def test_a_prompted_vlm_is_scored_by_the_captioning_task(exported, tmp_path, mon
     real_which = shutil.which  # no Java: the fast fallback path is enough to see the VLM scored
     monkeypatch.setattr(CM.shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name))
     cfg = load_config(EvalConfig, None, [
-        f"out={tmp_path / 'out'}", f"world={root / 'world'}", "benchmarks=[world:captioning]", "batch_size=6",
+        f"out={tmp_path / 'out'}", f"world={root / 'world'}", "benchmarks=[world:captioning, world:color]",
+        "batch_size=6",
         "captioning.method=greedy", "captioning.max_new_tokens=6", "captioning.min_new_tokens=1",
         "captioning.clip=null",
         f"models=[{{name: vlm, kind: captioner, path: {vlm}, captioner: {{prompt: describe this image .}}}}]"])
-    R.run(cfg)
+    summary = R.run(cfg)
+    assert "no text likelihood" in summary["vlm"]["world:color"]["skipped"]  # a VLM only writes captions
     record = json.loads(R.result_path(tmp_path / "out", "vlm", "world:captioning").read_text())
     assert record["task"] == "captioning" and record["pretrained"] == str(vlm)
     assert record["details"]["decoding"]["method"] == "greedy" and record["details"]["tokenizer"] == "python-fallback"

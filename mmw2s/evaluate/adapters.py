@@ -24,7 +24,7 @@ from PIL import Image
 from data_pipelines.vqa import vqa_prompt
 from mmw2s.evaluate.config import ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
-from models.captioners import Captioner
+from models.captioners import MODEL_CLASSES, Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
 from models.itm import BlipItmFilter
 
@@ -59,6 +59,8 @@ class CaptionerScorer(PairwiseScorer):
                  settings: PairwiseConfig = PairwiseConfig()) -> None:
         self.captioner, self.name, self.pretrained = captioner, name, pretrained
         self.settings = settings
+        # BLIP / VED score a text by its likelihood; a prompted VLM only writes captions
+        self.can_score = captioner.family in MODEL_CLASSES
 
     def _token_counts(self, texts: Sequence[str]) -> torch.Tensor:
         """Predicted tokens per text (words and eos; bos is given, not predicted)."""

@@ -51,6 +51,9 @@ def run_task(scorer: Scorer, bench: Benchmark, settings: TaskSettings) -> tuple[
     if isinstance(scorer, AnswerScorer) and bench.task != VQA:
         raise Skipped(f"{type(scorer).__name__} answers questions in words; it has no image-text "
                       f"score for {bench.task}")
+    if not getattr(scorer, "can_score", True) and bench.task in (CLASSIFICATION, RETRIEVAL, SELECTION):
+        raise Skipped(f"{scorer.name} is a prompted VLM captioner: it writes captions (captioning, caption "
+                      f"accuracy, VQA) but has no text likelihood for {bench.task}")
     examples = islice(bench.examples(), settings.limit) if settings.limit else bench.examples()
     with torch.no_grad():
         return runners[bench.task](scorer, bench, examples, settings)
