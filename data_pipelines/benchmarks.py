@@ -49,7 +49,7 @@ RETRIEVAL = "zeroshot_retrieval"
 SELECTION = "image_caption_selection"
 CAPTIONING = "caption_accuracy"
 
-WORLD_SUITES = ("color", "shape", "size", "position", "count", "relation", "retrieval", "captions")
+WORLD_SUITES = ("color", "shape", "size", "position", "count", "relation", "retrieval", "captions", "captioning")
 COUNT_CLASSES = ("one object", "two objects", "three objects")
 COUNT_PROMPTS_PER_CLASS = 16
 COUNT_PROMPT_SEED = 1234  # fixed, so the count classifier is the same text for every model
@@ -105,8 +105,13 @@ def load_benchmark(spec: str, world: str | None = None) -> Benchmark:
         return read_wds_benchmark(arg)
     if kind == "imagefolder":
         return read_imagefolder(arg)
+    if kind in ("coco", "wds-captions"):
+        from data_pipelines.caption_benchmarks import load_caption_benchmark  # it imports this module
+
+        return load_caption_benchmark(spec)
     raise ValueError(f"unknown benchmark {spec!r}: use world:<{'|'.join(WORLD_SUITES)}>, "
-                     "wds:/path/to/clip_benchmark_folder or imagefolder:/path")
+                     "wds:/path/to/clip_benchmark_folder, imagefolder:/path, coco:ANNOTATIONS.json[:IMAGE_DIR] "
+                     "or wds-captions:/path/to/clip_benchmark_folder")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ def world_suite(world: str | os.PathLike, name: str, items: list[dict] | None = 
     """The world suite ``name`` (one of WORLD_SUITES) built from the test split of ``world``."""
     builders = {"color": _attribute_suite, "shape": _attribute_suite, "size": _attribute_suite,
                 "position": _position_suite, "count": _count_suite, "relation": _relation_suite,
-                "retrieval": _retrieval_suite, "captions": _captions_suite}
+                "retrieval": _retrieval_suite, "captions": _captions_suite, "captioning": _captioning_suite}
     if name not in builders:
         raise ValueError(f"unknown world suite {name!r}; choose from {', '.join(WORLD_SUITES)}")
     items = load_world_test(world) if items is None else items
@@ -248,6 +253,12 @@ def _retrieval_suite(name: str, items: list[dict]) -> Benchmark:
     examples = [Example(it["image"], it["key"], texts=paraphrases(it["scene"])) for it in items]
     return Benchmark("world:retrieval", RETRIEVAL, _fixed(examples),
                      notes="gold captions of every object ordering as the positives of an image")
+
+
+def _captioning_suite(name: str, items: list[dict]) -> Benchmark:
+    from data_pipelines.caption_benchmarks import world_captioning  # it imports this module
+
+    return world_captioning(items)
 
 
 def _captions_suite(name: str, items: list[dict]) -> Benchmark:

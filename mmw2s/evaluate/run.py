@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -30,10 +31,10 @@ log = logging.getLogger(__name__)
 
 HEADLINE = {CLASSIFICATION: ["acc1"], SELECTION: ["acc"], VQA: ["acc"],
             RETRIEVAL: ["image_retrieval_recall@5", "text_retrieval_recall@5"],
-            CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"]}
+            CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"], "captioning": ["CIDEr", "clip_score"]}
 SHORT = {"acc1": "acc1", "acc": "acc", "image_retrieval_recall@5": "T2I R@5",
          "text_retrieval_recall@5": "I2T R@5", "exact_match": "exact", "object_recall": "obj recall",
-         "hallucination_rate": "halluc."}
+         "hallucination_rate": "halluc.", "clip_score": "CLIP-S"}
 
 
 class BenchmarkCache:
@@ -64,8 +65,8 @@ class BenchmarkCache:
 def slug(benchmark: str) -> str:
     """A file-name-safe id of a benchmark spec: ``world:color`` -> ``world-color``."""
     kind, _, arg = benchmark.partition(":")
-    if kind in ("wds", "imagefolder"):
-        arg = Path(arg.rstrip("/")).name
+    if kind in ("wds", "imagefolder", "coco", "wds-captions"):
+        arg = Path(arg.partition(".json:")[0].partition("?")[0].rstrip("/")).name.removesuffix(".json")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{kind}-{arg}" if arg else kind).strip("-")
 
 
@@ -128,7 +129,7 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
 
             scorer = build_scorer(model, device, pairwise, vqa)
         kind = model.kind if isinstance(model, ModelEntry) else ""
-        record = evaluate_one(scorer, cache.get(spec), key, settings, kind)
+        record = evaluate_one(scorer, cache.get(spec), key, replace(settings, result_file=str(path)), kind)
         write_json_atomic(path, record)
         log.info("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
         results[key] = record["metrics"]
@@ -152,7 +153,8 @@ def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSe
     kwargs = dict(pairwise_max_templates=pairwise.max_templates, pairwise_retrieval_images=pairwise.retrieval_images)
     if cfg is not None:
         kwargs.update(batch_size=cfg.batch_size, recall_k=tuple(cfg.recall_k), limit=cfg.limit,
-                      retrieval_images=cfg.retrieval_images, retrieval_positives=cfg.retrieval_positives)
+                      retrieval_images=cfg.retrieval_images, retrieval_positives=cfg.retrieval_positives,
+                      captioning=cfg.captioning, device=cfg.device)
     return TaskSettings(**kwargs)
 
 
