@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mmw2s` console script; returns the exit code.
 
     Errors a user or the environment causes are one line naming the file or shard: 2 for bad
-    input (the config), 1 for a stage that cannot go on (a missing path, a full disk, a corrupt
-    state file). SIGTERM and Ctrl-C stop the stage cleanly (143, 130). A bug keeps its traceback.
+    input (the config, an input pattern that matches nothing, a broken benchmark folder), 1 for
+    a stage that cannot go on (a full disk, a permission, a corrupt state file). SIGTERM and Ctrl-C stop the stage cleanly (143, 130). A bug keeps its traceback.
     """
     args = build_parser().parse_args(argv)
     handle_sigterm()
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             raise
         print(f"mmw2s {stage.name}: {message}", file=sys.stderr)
-        return 1
+        return getattr(exn, "exit_code", 1)
     return 0
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from mmw2s.errors import StageError
+from mmw2s.errors import InputError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,14 @@ def input_urls(spec: str) -> list[str]:
     try:
         urls = expand_urls(spec)
     except FileNotFoundError as exn:
-        raise StageError(f"input={spec}: {exn}") from None
+        raise InputError(f"input={spec}: {exn}") from None
     names = [shard_name(u) for u in urls]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
-        raise StageError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
+        raise InputError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
                          "so process each folder into its own out=")
     if not urls:
-        raise StageError(f"no input shards in {spec!r}")
+        raise InputError(f"no input shards in {spec!r}")
     return urls
 
 
@@ -64,7 +64,7 @@ def make_run_folder(out: Path, *subfolders: str) -> None:
         for sub in subfolders or (".",):
             (out / sub).mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise StageError(f"out={out} is not a folder (a file of that name, or above it, exists)") from None
+        raise InputError(f"out={out} is not a folder (a file of that name, or above it, exists)") from None
     except PermissionError as exn:
         raise StageError(f"out={out}: cannot create the run folder: {exn.strerror}") from None
 

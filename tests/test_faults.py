@@ -304,7 +304,7 @@ def test_bad_paths_are_one_line_errors(world, tiny_models, tmp_path):
              f"out={tmp_path / 'a_file'}": "is not a folder"}
     for override, expected in cases.items():
         proc = cli("bootstrap", "--config", cfg, *base, override)
-        assert proc.returncode == 1 and expected in one_line(proc)
+        assert proc.returncode == 2 and expected in one_line(proc)  # bad input, as a config error
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")

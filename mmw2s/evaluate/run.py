@@ -21,7 +21,7 @@ from data_pipelines.benchmarks import (
 )
 from data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
-from mmw2s.errors import StageError
+from mmw2s.errors import InputError
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
 from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
@@ -170,7 +170,7 @@ def run(cfg: EvalConfig) -> dict:
 
 def check_benchmarks(specs: Iterable[str], cache: BenchmarkCache) -> None:
     """Build and check every benchmark before any model is evaluated (a bad folder found after an
-    hour of evaluation costs that hour); a `StageError` lists every problem, one per benchmark."""
+    hour of evaluation costs that hour); an `InputError` lists every problem, one per benchmark."""
     problems = []
     for spec in specs:
         try:
@@ -178,7 +178,7 @@ def check_benchmarks(specs: Iterable[str], cache: BenchmarkCache) -> None:
         except (ValueError, FileNotFoundError) as exn:
             problems.append(f"{spec}: {exn}")
     if problems:
-        raise StageError("cannot evaluate on " + "; ".join(problems))
+        raise InputError("cannot evaluate on " + "; ".join(problems))
 
 
 def evaluate_models(cfg: EvalConfig, entries: Iterable[ModelEntry]) -> None:
