@@ -25,6 +25,7 @@ from data_pipelines.shards import expand_urls, shard_events, shard_name, stats_p
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.curation import fingerprint_keys
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
@@ -90,7 +91,7 @@ def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
             "thresholds": thresholds.record(), "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
-            "captions": [cfg.max_caption_chars, cfg.long_captions]}
+            "captions": [cfg.max_caption_chars, cfg.long_captions], **fingerprint_keys(cfg)}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
