@@ -131,6 +131,9 @@ def test_planted_copies_are_found_once_and_hostile_images_counted(planted, index
     assert bench["contaminated"] == bench["by_image"] == 3 and bench["images"] == 8
     assert {(p["key"], p["of_example"]) for p in bench["pairs"]} == {(k, v[1]) for k, v in expected.items()
                                                                     if v[0].startswith("contaminated")}
+    page = (out / "contamination.html").read_text()
+    assert page.count('class="pair"') == 3 and page.count('src="data:image/') == 6  # both images of each pair
+    assert all(f"{k}</figcaption>" in page for k in ("p_test0", "p_test1", "q_test5"))
 
 
 def test_index_is_the_same_bytes_for_any_number_of_workers_and_reruns_are_skipped(planted, index, tmp_path):

@@ -40,6 +40,7 @@ class Reference:
     """One benchmark's images (pHash index, in example order) and captions."""
 
     name: str
+    spec: str  # as configured (the name of `wds:/a/b` is `wds:b`)
     keys: list[str] = field(default_factory=list)  # example key of each indexed image
     images: HashIndex | None = None
     captions: dict[str, str] = field(default_factory=dict)  # normalized caption -> first example key
@@ -61,7 +62,7 @@ def load_references(cfg: DecontamConfig) -> list[Reference]:
     refs = []
     for spec in cfg.benchmarks:
         bench = load_benchmark(spec, cfg.world)
-        ref = Reference(bench.name, images=HashIndex(cfg.max_distance))
+        ref = Reference(bench.name, spec, images=HashIndex(cfg.max_distance))
         for n, example in enumerate(bench.examples()):
             key = example.key or f"#{n}"
             try:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from array import array
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -138,9 +139,13 @@ class Decider:
 
     def __init__(self, cfg: CurateConfig, refs: list[Reference]) -> None:
         self.cfg, self.refs = cfg, refs
-        self.exact: dict[str, int] = {}  # sha256 -> position of the kept sample
+        # Per kept image (see docs/curation.md for the bytes): its digest -> position, its pHash in
+        # `near`, and where it is (shard number, key) by position.
+        self.exact: dict[bytes, int] = {}  # SHA-256 digest (32 bytes, half the hex string's size)
         self.near = HashIndex(cfg.dedup.max_distance)
-        self.kept: list[tuple[str, str]] = []  # (shard, key) by position in `near`
+        self.shards: list[str] = []
+        self.kept_shard = array("I")  # index into `shards`
+        self.kept_key: list[str] = []
 
     def decide(self, shard: str, record: dict) -> dict:
         """The index row of one hashed sample (and remember it when it is kept)."""
@@ -151,18 +156,21 @@ class Decider:
             row.update(reason=f"contaminated:{hit.benchmark}", of_example=hit.example, match=hit.match,
                        distance=hit.distance)
             return row
-        dedup = self.cfg.dedup
-        position = self.exact.get(record["sha256"]) if dedup.exact else None
+        dedup, digest = self.cfg.dedup, bytes.fromhex(record["sha256"])
+        position = self.exact.get(digest) if dedup.exact else None
         if position is not None:
             row.update(reason="duplicate_exact", distance=0)
         elif dedup.near and (match := self.near.nearest(record["phash"])) is not None:
             position = match.index
             row.update(reason="duplicate_near", distance=match.distance)
         if position is not None:
-            row["of_shard"], row["of_key"] = self.kept[position]
+            row["of_shard"], row["of_key"] = self.shards[self.kept_shard[position]], self.kept_key[position]
             return row
-        self.exact.setdefault(record["sha256"], self.near.add(record["phash"]))
-        self.kept.append((shard, record["key"]))
+        self.exact.setdefault(digest, self.near.add(record["phash"]))
+        if not self.shards or self.shards[-1] != shard:
+            self.shards.append(shard)
+        self.kept_shard.append(len(self.shards) - 1)
+        self.kept_key.append(record["key"])
         return row
 
 
@@ -198,7 +206,12 @@ def curate(urls: list[str], cfg: CurateConfig, refs: list[Reference], out: Path)
         raise
     writer.close()
     seconds = time.perf_counter() - started
-    write_json_atomic(out / CONTAMINATION_FILE, contamination_report(refs, matches, pairs))
+    contamination = contamination_report(refs, matches, pairs)
+    write_json_atomic(out / CONTAMINATION_FILE, contamination)
+    if refs:
+        from mmw2s.browse.contamination import write_gallery
+
+        write_gallery(out, urls, [(r.spec, r.name) for r in refs], cfg.decontam.world, contamination)
     hashed = sum(reasons.values())
     return {"shards": len(urls), "inputs": hashed + sum(unreadable.values()), "hashed": hashed,
             "kept": reasons["kept"], "by_reason": dict(sorted(reasons.items())),
