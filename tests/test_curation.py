@@ -245,6 +245,8 @@ def test_bootstrap_drops_what_the_index_says_and_workers_give_the_same_bytes(pla
     assert runs[0]["skipped"] == 8 and stats["parquet_rows"] == 5
     rows = {r["key"]: r for r in pq.read_table(tmp_path / "w0" / "shards" / "00002.parquet").to_pylist()}
     assert rows["p_near"]["decision"] == "skipped" and rows["p_near"]["detail"] == f"00001/{expected['p_near'][1]}"
+    assert (rows["p_near"]["duplicate_of"], rows["p_near"]["web_caption"]) == (rows["p_near"]["detail"], "a resized copy")
+    assert rows["p_test0"]["curation_reason"] == "contaminated:world:retrieval" and rows["p_trunc"]["url"] is None
     # a rerun with another index is refused rather than mixing two curations
     with pytest.raises(Exception, match="other settings"):
         bootstrap(root / "inputs", tiny, tmp_path / "w0", 0, f"curation.index={out / 'index.parquet'}",

@@ -16,6 +16,7 @@ inputs never lets an unchecked sample through.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -25,6 +26,15 @@ from mmw2s.bootstrap.curation_config import CurationConfig
 from mmw2s.bootstrap.stages import Batch
 from mmw2s.curate.index import indexed_shards, is_curation_reason, shard_rows
 from mmw2s.errors import StageError
+
+
+@dataclass
+class CuratedSkip(Skip):
+    """A sample curation dropped: counted as any `Skip`, and carrying what the parquet row of a
+    sample shard I/O could not read lacks: its input JSON and the curation verdict."""
+
+    meta: dict = field(default_factory=dict)
+    curation: dict = field(default_factory=dict)
 
 
 def take(value: Any, rows: list[int]) -> Any:
@@ -117,7 +127,7 @@ def curation_stage(items: Iterable[Any], cfg: CurationConfig, safety: Any = None
             reason = verdict["reason"]
             action = cfg.safety.action if reason == "unsafe" else cfg.action
             if reason == "not_in_curation_index" or (reason is not None and action == "drop"):
-                yield Skip(item.url, sample["__key__"], reason, _detail(verdict))
+                yield CuratedSkip(item.url, sample["__key__"], reason, _detail(verdict), sample.get("json") or {}, verdict)
                 continue
             sample["__curation__"] = verdict
             keep.append(i)

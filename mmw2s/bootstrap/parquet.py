@@ -92,9 +92,17 @@ def sample_row(sample: dict) -> dict:
 
 
 def skip_row(record: Skip) -> dict:
-    """The row of a sample that was never decided (unreadable, or dropped by curation)."""
+    """The row of a sample that was never decided (unreadable, or dropped by curation: then with its
+    input fields and verdict, `curation.CuratedSkip`)."""
+    meta, curation = getattr(record, "meta", None) or {}, getattr(record, "curation", None) or {}
+    safety = curation.get("safety") or {}
     return {"shard": shard_name(record.url), "key": record.key, "decision": "skipped", "reason": record.reason,
-            "detail": clip_text(record.detail) or None, "synthetic": []}
+            "detail": clip_text(record.detail) or None, "synthetic": [], "url": _text(meta.get("url")),
+            "width": _int(meta.get("width")), "height": _int(meta.get("height")),
+            "web_caption": _text(meta.get("caption")), "curation_reason": curation.get("reason"),
+            "duplicate_of": curation.get("of"), "of_example": curation.get("of_example"),
+            "safety_score": safety.get("score"), "safety_unsafe": safety.get("unsafe"),
+            "sha256": curation.get("sha256"), "phash": curation.get("phash")}
 
 
 class ShardMetadata:
