@@ -104,12 +104,9 @@ class HashIndex:
                     continue
                 seen.add(position)
                 distance = (self.hashes[position] ^ value).bit_count()
-                if distance <= self.max_distance and (best is None or (distance, position) < (best.distance, best.index)):
+                if distance > self.max_distance:
+                    continue
+                if best is None or (distance, position) < (best.distance, best.index):
                     best = Match(position, distance)
         return best
 
-
-def hamming_matrix(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances of two uint64 arrays, `(Q,)` x `(S,)` -> `(Q, S)` (small sets only)."""
-    xor = np.bitwise_xor(queries.astype(np.uint64)[:, None], stored.astype(np.uint64)[None, :])
-    return np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(axis=-1)

@@ -267,6 +267,8 @@ def test_flagged_samples_carry_their_reason_and_parquet_rows_equal_the_json(plan
     for path in sorted((tmp_path / "shards").glob("*.parquet")):
         rows.update({r["key"]: r for r in pq.read_table(path).to_pylist()})
     assert len(rows) == 24 and rows["q_bomb"]["reason"] == "too_large"
+    stats = json.loads((tmp_path / "shards" / "00002_stats.json").read_text())
+    assert stats["flagged_by_reason"] == {"contaminated:world:retrieval": 2, "duplicate_exact": 1, "duplicate_near": 1}
     for key, members in written.items():
         meta = json.loads(members["json"])
         block, row = meta["mmw2s"], rows[key]
@@ -293,3 +295,12 @@ def test_a_tiny_classifier_with_a_fixed_bias_drops_every_image_over_threshold(pl
     stats = json.loads((tmp_path / "shards" / "00000_stats.json").read_text())
     assert stats["skipped_by_reason"] == {"unsafe": 8}
     assert stats["skipped_samples"][0]["detail"] == "nsfw 0.7311"
+
+
+def test_a_safety_label_the_checkpoint_lacks_is_refused_by_name(tiny):
+    from models.safety import SafetyClassifier
+
+    with pytest.raises(ValueError, match=r"unsafe labels \['porn'\] are not among its labels \['nsfw', 'safe'\]"):
+        SafetyClassifier.load(str(tiny / "safety"), ["porn"])
+    scores = SafetyClassifier.load(str(tiny / "safety"), ["nsfw", "safe"]).score(torch.zeros(2, 3, 32, 32))
+    assert scores.scores == pytest.approx([1.0, 1.0])  # both labels unsafe: their probabilities add up

@@ -127,7 +127,8 @@ def curation_stage(items: Iterable[Any], cfg: CurationConfig, safety: Any = None
             reason = verdict["reason"]
             action = cfg.safety.action if reason == "unsafe" else cfg.action
             if reason == "not_in_curation_index" or (reason is not None and action == "drop"):
-                yield CuratedSkip(item.url, sample["__key__"], reason, _detail(verdict), sample.get("json") or {}, verdict)
+                yield CuratedSkip(item.url, sample["__key__"], reason, _detail(verdict),
+                                  meta=sample.get("json") or {}, curation=verdict)
                 continue
             sample["__curation__"] = verdict
             keep.append(i)

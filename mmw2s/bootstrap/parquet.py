@@ -21,6 +21,7 @@ parquet; `has_metadata` is part of the resume rule, so a shard without one is re
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ class ShardMetadata:
         self.rows.setdefault(record.url, []).append(skip_row(record))
 
     def finish(self, url: str, stats: dict) -> Path:
-        """Write `NAME.parquet` atomically (call before the tar is closed) and count its rows in `stats`."""
+        """Write `NAME.parquet` atomically (call before the tar is closed); add its row count and the
+        flagged samples by reason to `stats`."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -131,4 +133,8 @@ class ShardMetadata:
         pq.write_table(pa.Table.from_pylist(rows, schema=metadata_schema()), partial, compression="zstd")
         os.replace(partial, path)
         stats["parquet_rows"] = len(rows)
+        # flagged samples (curation.action / curation.safety.action = flag) are written: count them here
+        flagged = Counter(r["curation_reason"] for r in rows if r["decision"] != "skipped" and r.get("curation_reason"))
+        if flagged:
+            stats["flagged_by_reason"] = dict(sorted(flagged.items()))
         return path
