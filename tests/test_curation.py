@@ -193,6 +193,27 @@ def test_safety_drops_or_flags_over_threshold_and_cuts_the_batch_inputs():
     assert [s["__curation__"]["reason"] for s in flagged.samples] == [None, "unsafe", "unsafe", None]
 
 
+def test_samples_the_index_did_not_check_are_skipped_and_other_shards_refused(tmp_path):
+    from mmw2s.curate.index import IndexWriter
+    from mmw2s.errors import StageError
+
+    writer = IndexWriter(tmp_path / "index.parquet")
+    writer.write_shard([{"shard": "00000", "key": "a", "sha256": "0" * 64, "phash": "0" * 16, "reason": None},
+                        {"shard": "00000", "key": "b", "reason": "unreadable:too_large"},
+                        {"shard": "00000", "key": "c", "sha256": "1" * 64, "phash": "1" * 16,
+                         "reason": "duplicate_near", "of_shard": "00000", "of_key": "a", "distance": 3}])
+    writer.close()
+    batch = Batch("in/00000.tar", [{"__key__": k} for k in "abcd"], {"filter": torch.arange(4)})
+    out = list(curation_stage(iter([batch]), CurationConfig(index=str(tmp_path / "index.parquet"))))
+    assert [(s.key, s.reason, s.detail) for s in out if isinstance(s, Skip)] == [
+        ("b", "not_in_curation_index", "unreadable:too_large"), ("c", "duplicate_near", "00000/a"),
+        ("d", "not_in_curation_index", "")]
+    assert out[-1].keys == ["a"] and out[-1].inputs["filter"].tolist() == [0]
+    other = Batch("in/00001.tar", [{"__key__": "a"}], {})
+    with pytest.raises(StageError, match="input shard in/00001.tar is not in curation index"):
+        list(curation_stage(iter([other]), CurationConfig(index=str(tmp_path / "index.parquet"))))
+
+
 # --------------------------------------------------------------------------------------------
 # End to end: the bootstrap reads the index, runs a tiny safety classifier, writes parquet
 

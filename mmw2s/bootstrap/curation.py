@@ -85,6 +85,8 @@ def index_verdict(row: dict | None) -> dict:
     """The `curation` fields of a sample from its index row."""
     if row is None:
         return {"reason": "not_in_curation_index"}
+    if (row["reason"] or "").startswith("unreadable:"):  # the curate pass could not check it (other limits)
+        return {"reason": "not_in_curation_index", "detail": row["reason"]}
     verdict: dict = {"reason": row["reason"] if is_curation_reason(row["reason"]) else None,
                      "sha256": row["sha256"], "phash": row["phash"]}
     if row.get("of_key") is not None:
@@ -99,7 +101,7 @@ def index_verdict(row: dict | None) -> dict:
 def _detail(verdict: dict) -> str:
     if "safety" in verdict and verdict["reason"] == "unsafe":
         return f"{verdict['safety']['label']} {verdict['safety']['score']:.4f}"
-    return verdict.get("of") or verdict.get("of_example") or ""
+    return verdict.get("of") or verdict.get("of_example") or verdict.get("detail") or ""
 
 
 def curation_stage(items: Iterable[Any], cfg: CurationConfig, safety: Any = None) -> Iterator[Any]:
@@ -140,7 +142,10 @@ def curated(items: Iterable[Any], cfg: Any, models: Any) -> Iterable[Any]:
     """`curation_stage` when the bootstrap config `cfg` asks for curation, else `items` unchanged."""
     if not cfg.curation.active:
         return items
-    return curation_stage(items, cfg.curation, getattr(models, "safety", None))
+    safety = getattr(models, "safety", None)
+    if cfg.curation.safety.name is not None and safety is None:  # never skip a configured filter silently
+        raise StageError(f"curation.safety.name={cfg.curation.safety.name} is set but the models hold no classifier")
+    return curation_stage(items, cfg.curation, safety)
 
 
 def fingerprint_keys(cfg: Any) -> dict:
