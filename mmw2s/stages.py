@@ -42,6 +42,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "data_pipelines.world.spec:WorldConfig", "mmw2s.world:run", "world.yaml"),
     Stage("bootstrap", "CapFilt over shards: caption, filter, write bootstrapped shards",
           "mmw2s.bootstrap.config:BootstrapConfig", "mmw2s.bootstrap.run:run", "bootstrap.yaml"),
+    Stage("curate", "one pass over input shards: exact / near duplicates and benchmark contamination -> index.parquet",
+          "mmw2s.curate.config:CurateConfig", "mmw2s.curate.run:run", "curate.yaml"),
     Stage("audit", "score a bootstrap run against the synthetic world's truth (filter P/R per noise type)",
           "mmw2s.audit:AuditConfig", "mmw2s.audit:run", "audit.yaml"),
     Stage("browse", "a static HTML site of a bootstrap run's decisions (thumbnails, captions, scores, filters)",

@@ -32,6 +32,7 @@ _EXPORTS = {
     "contrastive_loss": "losses",
     "CaptionerSpec": "specs", "DualEncoderSpec": "specs", "ItmSpec": "specs",
     "build_word_tokenizer": "tokenizers",
+    "SafetyClassifier": "safety",
 }
 
 

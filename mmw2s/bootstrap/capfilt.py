@@ -38,10 +38,12 @@ class ScoredRows(list):
 class Preprocessor:
     """Images -> `{"captioner": {name: tensor}, "filter": (B,3,H',W')}` CPU tensors."""
 
-    def __init__(self, captioner_inputs: Any = None, filter_processor: Any = None, filter_transform: Any = None):
+    def __init__(self, captioner_inputs: Any = None, filter_processor: Any = None, filter_transform: Any = None,
+                 safety_processor: Any = None):
         self.captioner_inputs = captioner_inputs  # the captioner's input_builder(); None: filter only
         self.filter_processor = filter_processor  # an HF image processor (BLIP ITM), or
         self.filter_transform = filter_transform  # a per-image torchvision transform (open_clip)
+        self.safety_processor = safety_processor  # the safety classifier's HF image processor, if any
 
     def __call__(self, images: list) -> dict:
         rgb = [im.convert("RGB") for im in images]
@@ -52,6 +54,8 @@ class Preprocessor:
             out["filter"] = torch.stack([self.filter_transform(im) for im in rgb])  # (B, 3, H, W)
         else:
             out["filter"] = self.filter_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        if self.safety_processor is not None:
+            out["safety"] = self.safety_processor(images=rgb, return_tensors="pt")["pixel_values"]
         return out
 
 
@@ -59,23 +63,28 @@ class CapFilt:
     """Captioner + filter on one device, with bf16 autocast on CUDA when asked."""
 
     def __init__(self, captioner: Any | None, filt: Any, kind: str, decoding: Any, device: torch.device,
-                 bf16: bool = True, names: tuple[str | None, str] = ("", "")):
+                 bf16: bool = True, names: tuple[str | None, str] = ("", ""), safety: Any = None,
+                 safety_settings: dict | None = None):
         self.captioner, self.filter, self.kind, self.decoding = captioner, filt, kind, decoding
+        self.safety, self.safety_settings = safety, safety_settings or {}  # models.SafetyClassifier, or None
         self.device = torch.device(device)
         self.bf16 = bf16 and self.device.type == "cuda"
         self.captioner_name, self.filter_name = names
         self.mode = filt.mode if kind == "blip" else "clip"
-        for wrapper in (captioner, filt):
+        for wrapper in (captioner, filt, safety):
             # a model spread over devices by from_pretrained(device_map=...) stays where it was put
             if wrapper is not None and not getattr(wrapper.model, "hf_device_map", None):
                 wrapper.model.to(self.device)
             if wrapper is not None:
                 wrapper.model.eval()
         inputs = captioner.input_builder() if captioner is not None else None
+        safety_processor = safety.image_processor if safety is not None else None
         if kind == "clip":
-            self.preprocessor = Preprocessor(inputs, filter_transform=filt.preprocess_val)
+            self.preprocessor = Preprocessor(inputs, filter_transform=filt.preprocess_val,
+                                             safety_processor=safety_processor)
         else:
-            self.preprocessor = Preprocessor(inputs, filter_processor=filt.image_processor)
+            self.preprocessor = Preprocessor(inputs, filter_processor=filt.image_processor,
+                                             safety_processor=safety_processor)
 
     @classmethod
     def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
@@ -101,16 +110,27 @@ class CapFilt:
             filter_name = spec.arch + (f":{spec.pretrained}" if spec.pretrained else "")
         else:
             filter_name = spec.name
+        safety, spec = None, cfg.curation.safety
+        if spec.name is not None:
+            from models.safety import SafetyClassifier
+
+            try:
+                safety = SafetyClassifier.load(spec.name, spec.unsafe_labels, spec.revision)
+            except (OSError, ValueError) as exn:
+                raise StageError(f"curation.safety.name={spec.name}: {exn}") from None
         return cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
-                   names=(cfg.captioner.name if generate else None, filter_name))
+                   names=(cfg.captioner.name if generate else None, filter_name), safety=safety,
+                   safety_settings={"threshold": spec.threshold, "action": spec.action})
 
     def provenance(self, cfg: BootstrapConfig) -> dict:
         """The fixed fields of every sample's `mmw2s` block."""
         captioner = {"name": self.captioner_name, "decoding": asdict(self.decoding)}
         if hasattr(self.captioner, "provenance"):  # prompted VLMs: prompt, chat template, revision
             captioner.update(self.captioner.provenance())
-        return {"captioner": captioner,
-                "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+        fixed = {"captioner": captioner, "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+        if self.safety is not None:
+            fixed["safety"] = {**self.safety.provenance(), **self.safety_settings}
+        return fixed
 
     def _autocast(self):
         if self.bf16:

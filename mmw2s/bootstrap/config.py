@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
 
+from mmw2s.bootstrap.curation_config import CurationConfig
+
 
 @dataclass
 class DecodingConfig:
@@ -168,6 +170,8 @@ class BootstrapConfig:
         default="local", metadata={"help": "local: this process or `accelerate launch` ranks (static split); "
                                            "ray: a pool of Ray actors fed shard by shard (pip install -e .[ray])"})
     ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "engine=ray"})
+    curation: CurationConfig = field(default_factory=CurationConfig, metadata={
+        "help": "dedup / decontamination index and safety classifier, applied before captioning"})
 
     def validate(self) -> None:
         """Raise ValueError for sizes that cannot run."""
@@ -186,6 +190,7 @@ class BootstrapConfig:
         self.filter.validate()
         self.thresholds.validate(score_range(self.filter))
         self.ray.validate()
+        self.curation.validate()
 
 
 def score_range(filter_cfg: FilterConfig) -> tuple[float, float]:

@@ -27,6 +27,7 @@ from data_pipelines.shards import is_complete, read_state_json, shard_events, sh
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.curation import fingerprint_keys
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
@@ -107,7 +108,7 @@ def _fingerprint(cfg: BootstrapConfig, thresholds: dict) -> str:
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
             "thresholds": thresholds, "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
-            "captions": [cfg.max_caption_chars, cfg.long_captions]}
+            "captions": [cfg.max_caption_chars, cfg.long_captions], **fingerprint_keys(cfg)}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 

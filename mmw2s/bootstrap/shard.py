@@ -32,6 +32,8 @@ from data_pipelines.shards import (CurrentShard, OtherSettings, ReadLimits, Shar
                                    pass_through, shard_events, stats_path)
 
 from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.curation import curated
+from mmw2s.bootstrap.parquet import has_metadata
 from mmw2s.bootstrap.stages import Selection, batch_stage, caption_stage, decide_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, output_path, write_stage
@@ -117,7 +119,8 @@ def is_done(out: Path, url: str, fingerprint: str, verify: str = "size") -> bool
     """Whether the output of `url` under run folder `out` is complete, made by these settings, and
     its tar is the one its stats describe (else it is redone, with a warning naming it)."""
     try:
-        return complete_with(output_path(out / "shards", url), fingerprint, verify)
+        path = output_path(out / "shards", url)
+        return complete_with(path, fingerprint, verify) and has_metadata(path)
     except OtherSettings as exn:
         raise StageError(f"{exn}; use another out= or delete {out / 'shards'} to redo it") from None
 
@@ -141,7 +144,7 @@ def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
     selection = Selection(choose=cfg.selection.choose, nothing_kept=cfg.selection.nothing_kept)
     shard = CurrentShard("bootstrapping")  # a failure of the models or the writer names its shard
     events = iter(events if events is not None else loader(urls, cfg, models.preprocessor))
-    stream = caption_stage(shard.track(events), models.caption, cfg.seed)
+    stream = caption_stage(curated(shard.track(events), cfg, models), models.caption, cfg.seed)
     stream = score_stage(stream, models.score)
     stream = decide_stage(stream, job.thresholds, selection, models.provenance(cfg))
     with ShardOutputs(job.shards_dir, {"fingerprint": job.fingerprint}) as outputs:

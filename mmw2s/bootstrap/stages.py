@@ -257,6 +257,8 @@ def decide_stage(items: Iterable[Any], thresholds: Thresholds, selection: Select
                            item.synthetic_scores[i], thresholds, selection, prompt=prompt,
                            truncated=item.truncated[i] if item.truncated else None)
             block.update(provenance, threshold=thresholds.record())
+            if "__curation__" in sample:  # `curation.py`: reason, duplicate of, safety score, hashes
+                block["curation"] = sample["__curation__"]
             if "__original_key__" in sample:  # the input's key was not a safe member name
                 block["original_key"] = sample["__original_key__"]
             out = {"__key__": sample["__key__"], "__url__": item.url,

@@ -15,6 +15,8 @@ import numpy as np
 
 from data_pipelines.shards import ShardEnd, ShardWriter, Skip, clip_text, shard_name
 
+from mmw2s.bootstrap.parquet import ShardMetadata
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 LISTED_SKIPS = 100  # skipped samples named (key, reason, detail) in a shard's stats; the rest counted
 
@@ -106,6 +108,7 @@ class ShardOutputs:
         self.folder = Path(folder)
         self.extra = dict(extra_stats or {})
         self.open: dict[str, tuple[ShardWriter, ShardTally]] = {}
+        self.metadata = ShardMetadata(self.folder)  # NAME.parquet beside each shard (`parquet.py`)
 
     def _get(self, url: str) -> tuple[ShardWriter, ShardTally]:
         if url not in self.open:
@@ -116,6 +119,7 @@ class ShardOutputs:
         """Count a decided sample and write it unless it is dropped."""
         writer, tally = self._get(sample["__url__"])
         tally.add(sample)
+        self.metadata.add(sample)
         if not sample["__drop__"]:
             writer.write(sample)
             tally.written += 1
@@ -123,6 +127,7 @@ class ShardOutputs:
     def skip(self, record: Skip) -> None:
         """Count a sample that shard I/O or preprocessing skipped."""
         tally = self._get(record.url)[1]
+        self.metadata.skip(record)
         tally.skipped[record.reason] += 1
         if len(tally.skipped_samples) < LISTED_SKIPS:
             tally.skipped_samples.append({"key": clip_text(record.key), "reason": record.reason,
@@ -139,8 +144,11 @@ class ShardOutputs:
         del self.open[end.url]
         if end.unreadable:
             writer.abort()
+            self.metadata.discard(end.url)
             return {"input": end.url, "unreadable": end.unreadable, "decoded": tally.decoded, "written": 0}
-        return writer.close(tally.stats(end, self.extra))
+        stats = tally.stats(end, self.extra)
+        self.metadata.finish(end.url, stats)  # before the stats file, which marks the shard complete
+        return writer.close(stats)
 
     def abort(self) -> None:
         """Drop every open (incomplete) output shard."""
