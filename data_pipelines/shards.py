@@ -406,8 +406,12 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write (strict) JSON to `path` via a temporary file and a rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    tmp.write_text(strict_json_dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(strict_json_dumps(data, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+        raise
 
 
 class ShardWriter:

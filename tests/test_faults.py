@@ -108,7 +108,8 @@ def test_a_file_that_is_no_tar_is_never_a_complete_shard(world, tiny_models, tmp
     (inputs / "00001.tar").write_bytes(b"<html>404 Not Found</html>" * 40)
     with pytest.raises(StageError, match="00001: not a readable tar"):
         bootstrap(inputs, tiny_models, tmp_path / "out", f"input={inputs}", "io_retries=0")
-    assert [p.name for p in sorted((tmp_path / "out" / "shards").iterdir())] == ["00000.tar", "00000_stats.json"]
+    assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == ["00000.parquet", "00000.tar",
+                                                                        "00000_stats.json"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -134,8 +134,12 @@ class ShardMetadata:
         rows = self.rows.pop(url, [])
         path = self.folder / f"{shard_name(url)}.parquet"  # beside writer.output_path's NAME.tar
         partial = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")  # two writers of a shard never share it
-        pq.write_table(pa.Table.from_pylist(rows, schema=metadata_schema()), partial, compression="zstd")
-        os.replace(partial, path)
+        try:
+            pq.write_table(pa.Table.from_pylist(rows, schema=metadata_schema()), partial, compression="zstd")
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+            raise
         stats["parquet_rows"] = len(rows)
         # flagged samples (curation.action / curation.safety.action = flag) are written: count them here
         flagged = Counter(r["curation_reason"] for r in rows if r["decision"] != "skipped" and r.get("curation_reason"))
