@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Sequence
 
 from mmw2s.config import ConfigError, describe, load_config
+from mmw2s.console import level_of, setup_logging
 from mmw2s.errors import StageError
 from mmw2s.stages import STAGES, Stage
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override a config key, e.g. seed=3 web.samples=2000")
         p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+        p.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
     return parser
 
 
@@ -46,10 +47,7 @@ def _keys_help(stage: Stage) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mmw2s` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    # Our own packages speak at INFO; libraries (open_clip logs every load at INFO) only warn.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mmw2s", "data_pipelines", "models"):
-        logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
+    setup_logging(level_of(args.quiet, args.verbose))
     stage = STAGES[args.stage]
     try:
         cfg = load_config(stage.load_schema(), args.config or stage.default_config_path,

@@ -30,6 +30,37 @@ def headline(metrics: Mapping[str, float]) -> float | None:
     return None
 
 
+def benchmark_order(names: Iterable[str]) -> list[str]:
+    """The one column order of every models-by-benchmarks table (the eval's and the run's): by name."""
+    return sorted(dict.fromkeys(names))
+
+
+# A captioning benchmark has no single headline: its table shows these three (name -> column).
+CAPTION_METRICS = {"exact_match": "exact", "object_recall": "obj recall", "hallucination_rate": "halluc."}
+
+
+def results_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Models x benchmarks of eval records (CLIP_benchmark-shaped JSONs), in %, '-' where skipped.
+
+    Each benchmark shows its `headline` (the number the run's report and PGR use) in
+    `benchmark_order`; a captioning benchmark shows its three caption metrics instead.
+    """
+    metrics = {(r["model"], r["dataset"]): r.get("metrics") or {} for r in records}
+    columns: list[tuple[str, str, Any]] = []  # (label, benchmark, metrics -> value)
+    for bench in benchmark_order(r["dataset"] for r in records):
+        found = [m for (_, b), m in metrics.items() if b == bench]
+        if any(k in m for m in found for k in CAPTION_METRICS):
+            columns += [(f"{bench} {short}", bench, lambda m, k=key: m.get(k))
+                        for key, short in CAPTION_METRICS.items()]
+        else:
+            columns.append((bench, bench, headline))
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        values = [get(metrics.get((model, bench), {})) for _, bench, get in columns]
+        rows.append([model, *["-" if v is None else f"{100 * v:.1f}" for v in values]])
+    return markdown_table(["model", *[label for label, *_ in columns]], rows) + "\n"
+
+
 def pgr(student: float | None, weak: float | None, ceiling: float | None,
         min_gap: float = 1e-6) -> float | None:
     """(student - weak) / (ceiling - weak), or None when the gap is empty or a value is missing."""

@@ -107,9 +107,9 @@ def _init_worker(threads: int, level: int) -> None:
     # A spawned process inherits "spawn" as its default start method; the stages' data loaders
     # start their workers as `mmw2s STAGE` does (fork), whose datasets need not pickle.
     multiprocessing.set_start_method("fork", force=True)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mmw2s", "data_pipelines", "models"):
-        logging.getLogger(name).setLevel(level)
+    from mmw2s.console import setup_logging
+
+    setup_logging(level)
     import torch
 
     torch.set_num_threads(threads)

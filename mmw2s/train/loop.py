@@ -34,6 +34,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mmw2s.errors import StageError
 from mmw2s.config import save_config
+from mmw2s.console import quiet_tied_weights_warning
 from mmw2s.train import checkpoint as ckpt
 from mmw2s.train.config import TrainConfig
 from mmw2s.train.data import LISTED_SKIPS, DataStats, hash_seed, loader_settings, make_loader
@@ -42,6 +43,7 @@ from mmw2s.train.tasks import TrainTask, build_task, model_path
 from mmw2s.train.texts import TextSelector
 
 log = logging.getLogger(__name__)
+quiet_tied_weights_warning()  # expected at every checkpoint of a captioner: see mmw2s/console.py
 LOSS_TAIL = 200  # (step, loss) pairs kept in trainer_state.json
 
 

@@ -1,0 +1,87 @@
+"""The console: expected library warnings about our own models are dropped by filters that name
+exactly those messages (any other warning still shows), verbosity flags, and the one
+models-by-benchmarks table shared by `mmw2s eval` and `mmw2s run`."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from mmw2s import console
+from mmw2s.cli import build_parser
+from mmw2s.report import benchmark_order, headline, results_table
+
+
+def test_from_scratch_dual_encoder_builds_without_the_random_init_warning(caplog):
+    import open_clip
+
+    from models.dual_encoders import build_dual_encoder
+    from models.specs import DualEncoderSpec
+
+    with caplog.at_level(logging.WARNING):
+        build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny"))
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
+    # the filter lives only around our own from-scratch build: open_clip's warning still shows otherwise
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model_and_transforms("mmw2s-conv-tiny", pretrained=None)
+    assert [r for r in caplog.records if "No pretrained weights loaded for model 'mmw2s-conv-tiny'" in r.getMessage()]
+
+
+def test_tied_weights_warning_is_dropped_and_no_other(caplog):
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils.other import clean_state_dict_for_safetensors
+
+    fresh = not PartialState._shared_state
+    PartialState()  # accelerate's logger refuses to log before its state exists
+    try:
+        _check_tied_weights_filter(caplog, clean_state_dict_for_safetensors)
+    finally:
+        if fresh:  # leave accelerate's process-wide state as this test found it
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _check_tied_weights_filter(caplog, clean_state_dict_for_safetensors) -> None:
+    console.quiet_tied_weights_warning()
+    console.quiet_tied_weights_warning()  # idempotent: one filter
+    logger = logging.getLogger(console.TIED_WEIGHTS_LOGGER)
+    assert sum(isinstance(f, console.DropMessages) for f in logger.filters) == 1
+    shared = torch.zeros(4)
+    with caplog.at_level(logging.WARNING):
+        cleaned = clean_state_dict_for_safetensors({"embed.weight": shared, "head.weight": shared})
+        logger.warning("Removing a tensor for another reason")  # the same logger's other messages pass
+    assert list(cleaned) == ["embed.weight"]  # accelerate did remove the tied copy
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "Removed shared tensor" in m]
+    assert [m for m in messages if m.endswith("Removing a tensor for another reason")]
+
+
+@pytest.mark.parametrize("flags, level", [([], logging.INFO), (["-q"], logging.WARNING), (["-v"], logging.DEBUG)])
+def test_verbosity_flags(flags, level):
+    args = build_parser().parse_args(["world", *flags])
+    assert console.level_of(args.quiet, args.verbose) == level
+
+
+def _record(model: str, dataset: str, metrics: dict) -> dict:
+    return {"model": model, "dataset": dataset, "task": "t", "metrics": metrics}
+
+
+def test_eval_table_uses_the_reports_headline_and_order():
+    records = [
+        _record("clip", "world:retrieval", {"image_retrieval_recall@1": 0.2, "text_retrieval_recall@1": 0.4,
+                                            "image_retrieval_recall@5": 0.9, "text_retrieval_recall@5": 0.9}),
+        _record("clip", "world:color", {"acc1": 0.5, "acc5": 1.0}),
+        _record("clip", "world:captions", {}),
+        _record("cap", "world:color", {"acc1": 0.25}),
+        _record("cap", "world:retrieval", {"image_retrieval_recall@1": 0.1, "text_retrieval_recall@1": 0.1}),
+        _record("cap", "world:captions", {"exact_match": 0.03, "object_recall": 0.5, "hallucination_rate": 0.4}),
+    ]
+    table = results_table(records).splitlines()
+    assert benchmark_order(["world:retrieval", "world:color", "world:captions"]) == \
+        ["world:captions", "world:color", "world:retrieval"]
+    assert table[0] == ("| model | world:captions exact | world:captions obj recall | world:captions halluc. "
+                        "| world:color | world:retrieval |")
+    # retrieval is the mean of both directions' recall@1, as in the run's report and its PGR
+    assert headline(records[0]["metrics"]) == pytest.approx(0.3)
+    assert table[2] == "| clip | - | - | - | 50.0 | 30.0 |"
+    assert table[3] == "| cap | 3.0 | 50.0 | 40.0 | 25.0 | 10.0 |"
