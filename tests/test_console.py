@@ -85,3 +85,68 @@ def test_eval_table_uses_the_reports_headline_and_order():
     assert headline(records[0]["metrics"]) == pytest.approx(0.3)
     assert table[2] == "| clip | - | - | - | 50.0 | 30.0 |"
     assert table[3] == "| cap | 3.0 | 50.0 | 40.0 | 25.0 | 10.0 |"
+
+
+# --------------------------------------------------------------------------------------------
+# Progress: tqdm on a terminal, plain lines off it, the parent's display for `mmw2s run`'s workers
+
+
+def test_off_a_terminal_a_bar_is_plain_lines(capsys, monkeypatch):
+    monkeypatch.setattr(console.LineBar, "every", 0.0)  # a line at every update
+    with console.progress_bar(total=3, desc="train clip", unit="it") as bar:  # capsys: stderr is no tty
+        assert isinstance(bar, console.LineBar)
+        bar.update(2)
+        bar.set_postfix(loss="2.31", refresh=False)
+        bar.update(1)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("train clip: 2/3 it (67%)") and "loss=2.31" in lines[1]
+    assert lines[-1].startswith("train clip: 3/3 it (100%)") and "done in" in lines[-1]
+
+
+def test_a_workers_lines_and_bars_reach_the_parents_display(monkeypatch):
+    import io
+    import queue
+    import types
+
+    from mmw2s.experiment.display import StageDisplay
+
+    stream = io.StringIO()
+    with StageDisplay(types.SimpleNamespace(Queue=queue.Queue), stream=stream, tty=False, every=0.0) as display:
+        monkeypatch.setattr(console, "_sink", display.queue)  # what attach_worker does in a worker
+        writer = console._QueueWriter(display.queue, None)
+        with console.stage_label("student_web"):
+            bar = console.progress_bar(total=4, desc="train clip", unit="it")
+            assert isinstance(bar, console.RemoteBar)
+            writer.write("a library's bar 10%\ra library's bar 100%\nhalf a ")
+            bar.update(4)
+            bar.close()
+            writer.write("line\n")
+    out = stream.getvalue()
+    assert "\r" not in out
+    assert "[student_web] a library's bar 100%\n" in out and "10%" not in out
+    assert "[student_web] half a line\n" in out
+    assert "  [student_web] train clip: 4/4 it (100%)" in out and "done in" in out
+    assert not display.bars  # closed bars are gone
+
+
+def test_on_a_terminal_running_stages_are_one_live_region(monkeypatch):
+    import io
+    import queue
+    import types
+
+    from mmw2s.experiment.display import StageDisplay
+
+    stream = io.StringIO()
+    with StageDisplay(types.SimpleNamespace(Queue=queue.Queue), stream=stream, tty=True) as display:
+        state = {"desc": "bootstrap", "n": 3, "total": 10, "unit": "img", "rate": 5.0, "postfix": "kept=50%",
+                 "closed": False, "line": "bootstrap: 3/10 img"}
+        display.handle(("bar", "1:1", "bootstrap", state))
+        display.handle(("bar", "2:1", "weak_filter", {**state, "desc": "train clip"}))
+        assert len(display.tasks) == 2  # one bar per running stage, in one rich Progress
+        display.handle(("text", "weak_filter", "INFO mmw2s.train.loop: saved"))
+        display.handle(("bar", "1:1", "bootstrap", {**state, "n": 10, "closed": True, "line": "bootstrap: done"}))
+        assert list(display.tasks) == ["2:1"]
+    out = stream.getvalue()
+    assert "[weak_filter] INFO mmw2s.train.loop: saved" in out and "[bootstrap] bootstrap: done" in out
