@@ -97,9 +97,9 @@ def _section(key: str, f: dataclasses.Field, seen: dict) -> list[KeyRow]:
     schema, _ = section_schema(f.metadata[SECTION])
     under = f.metadata.get(SUBSECTIONS) or ()
     prefixes = [f"{key}.{u}." for u in under] or [key + "."]
-    where = " and ".join(p + "*" for p in prefixes)
+    where = " and ".join(f"`{p}*`" for p in prefixes)
     first = seen.get(schema)
-    note = f"its keys: {where}" + (f", as listed under {first}*" if first else "")
+    note = f"its keys: {where}" + (f", as listed under `{first}*`" if first else "")
     help_text = f.metadata.get("help", "")
     rows = [KeyRow(key, "mapping", _default(f), f"{help_text}; {note}" if help_text else note, section=True)]
     if first is None:
@@ -120,6 +120,15 @@ def section_rows(key: str, f: dataclasses.Field, seen: dict) -> list[tuple[str, 
 def _cell(text: str) -> str:
     """Table-cell-safe text: pipes escaped, newlines folded."""
     return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _text(text: str) -> str:
+    """Help text for a cell: no HTML (`<image>` is a prompt, not a tag), no emphasis from `*`
+    outside code spans."""
+    parts = _cell(text).split("`")
+    for i in range(0, len(parts), 2):  # even parts are outside code spans
+        parts[i] = parts[i].replace("<", "&lt;").replace("*", "\\*")
+    return "`".join(parts)
 
 
 def _code(value: Any) -> str:
@@ -145,7 +154,7 @@ def stage_page(stage: Stage) -> str:
     for r in rows:
         allowed = ", ".join(_code(v) for v in r.allowed)
         key = f"**`{r.key}`**" if r.section else f"`{r.key}`"
-        lines.append(f"| {key} | {_cell(r.type)} | {_code(r.default)} | {allowed} | {_cell(r.help)} |")
+        lines.append(f"| {key} | {_text(r.type)} | {_code(r.default)} | {allowed} | {_text(r.help)} |")
     return "\n".join(lines) + "\n"
 
 

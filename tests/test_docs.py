@@ -39,10 +39,10 @@ class _Outer:
 def test_sections_expand_once_through_their_schema():
     rows = {r.key: r for r in reference.walk(_Outer)}
     assert list(rows) == ["first", "first.mode", "first.rate", "second"]
-    assert rows["first"].section and "first.*" in rows["first"].help
+    assert rows["first"].section and "`first.*`" in rows["first"].help
     assert rows["first.mode"].allowed == ("a", "b")
     assert rows["first.rate"].type == "float or null"
-    assert "second.x.* and second.y.*, as listed under first.*" in rows["second"].help
+    assert "`second.x.*` and `second.y.*`, as listed under `first.*`" in rows["second"].help
     # `describe` (what `mmw2s STAGE --help` prints) expands the same way
     assert [key for key, *_ in describe(_Outer)] == list(rows)
 
