@@ -58,6 +58,22 @@ def setup_logging(level: int) -> None:
     logging.basicConfig(level=logging.WARNING, format=FORMAT)
     for name in PACKAGES:
         logging.getLogger(name).setLevel(level)
+    if not sys.stderr.isatty():
+        quiet_library_bars()
+
+
+def quiet_library_bars() -> None:
+    """No Hugging Face progress bars ("Loading weights", "Writing model shards"): off a terminal
+    they are carriage-return noise, and in `mmw2s run`'s workers the stage's own bar says enough."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:  # transformers reads the hub's setting once, at its import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,3 +244,4 @@ def attach_worker(queue: Any, level: int) -> None:
         logging.getLogger(name).setLevel(level)
     sys.stdout = _QueueWriter(queue, sys.__stdout__)
     sys.stderr = _QueueWriter(queue, sys.__stderr__)
+    quiet_library_bars()

@@ -150,3 +150,16 @@ def test_on_a_terminal_running_stages_are_one_live_region(monkeypatch):
         assert list(display.tasks) == ["2:1"]
     out = stream.getvalue()
     assert "[weak_filter] INFO mmw2s.train.loop: saved" in out and "[bootstrap] bootstrap: done" in out
+
+
+def test_hugging_face_bars_are_off_in_workers_and_off_a_terminal(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # restored after the test
+    try:
+        console.quiet_library_bars()
+        assert are_progress_bars_disabled() and not hf_logging.is_progress_bar_enabled()
+    finally:
+        enable_progress_bars()
+        hf_logging.enable_progress_bar()
