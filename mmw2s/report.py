@@ -35,23 +35,25 @@ def benchmark_order(names: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(names))
 
 
-# A captioning benchmark has no single headline: its table shows these three (name -> column).
-CAPTION_METRICS = {"exact_match": "exact", "object_recall": "obj recall", "hallucination_rate": "halluc."}
+# Caption benchmarks have no single headline: the table shows these of their metrics (name -> column):
+# the world's captions suite (against its truth), the captioning task (COCO metrics, CLIPScore).
+CAPTION_METRICS = {"exact_match": "exact", "object_recall": "obj recall", "hallucination_rate": "halluc.",
+                   "CIDEr": "CIDEr", "clip_score": "CLIP-S"}
 
 
 def results_table(records: Sequence[Mapping[str, Any]]) -> str:
     """Models x benchmarks of eval records (CLIP_benchmark-shaped JSONs), in %, '-' where skipped.
 
     Each benchmark shows its `headline` (the number the run's report and PGR use) in
-    `benchmark_order`; a captioning benchmark shows its three caption metrics instead.
+    `benchmark_order`; a caption benchmark shows its `CAPTION_METRICS` instead.
     """
     metrics = {(r["model"], r["dataset"]): r.get("metrics") or {} for r in records}
     columns: list[tuple[str, str, Any]] = []  # (label, benchmark, metrics -> value)
     for bench in benchmark_order(r["dataset"] for r in records):
         found = [m for (_, b), m in metrics.items() if b == bench]
-        if any(k in m for m in found for k in CAPTION_METRICS):
-            columns += [(f"{bench} {short}", bench, lambda m, k=key: m.get(k))
-                        for key, short in CAPTION_METRICS.items()]
+        shown = [key for key in CAPTION_METRICS if any(key in m for m in found)]
+        if shown:
+            columns += [(f"{bench} {CAPTION_METRICS[key]}", bench, lambda m, k=key: m.get(k)) for key in shown]
         else:
             columns.append((bench, bench, headline))
     rows = []
