@@ -84,7 +84,7 @@ def _drive(pool: ProcessPoolExecutor, steps: Sequence[Step], deps: list[set[int]
         if failure is None:  # after a failure: no new stage, the running ones finish (resumable)
             for i in [i for i in waiting if deps[i] <= finished][: jobs - len(running)]:
                 waiting.remove(i)
-                print(f"\n=== start {steps[i].name} -> {steps[i].out}", flush=True)
+                print(f"=== start {steps[i].name} -> {steps[i].out}", flush=True)
                 running[pool.submit(run_step, steps[i])] = i
         if not running:
             break
