@@ -79,3 +79,11 @@ def test_docs_site_builds_strict(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "run" / "index.html").is_file()
+
+
+def test_readme_stays_a_front_door():
+    """Usage and links; write-ups and measurements belong in docs/ (their pages are in the nav)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 200, f"README.md has {len(lines)} lines: move the detail to a docs page"
+    for page in ("docs/quickstart.md", "docs/own-shards.md", "docs/output-schema.md", "docs/reference/index.md"):
+        assert f"]({page})" in "\n".join(lines), page
