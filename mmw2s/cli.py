@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from mmw2s.config import ConfigError, describe, load_config
+from mmw2s.console import level_of, setup_logging
 from mmw2s.errors import StageError
 from mmw2s.interrupts import Terminated, handle_sigterm, stop_descendants
 from mmw2s.stages import STAGES, Stage
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override a config key, e.g. seed=3 web.samples=2000")
         p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+        p.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
     return parser
 
 
@@ -54,10 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     handle_sigterm()
-    # Our own packages speak at INFO; libraries (open_clip logs every load at INFO) only warn.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mmw2s", "data_pipelines", "models"):
-        logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
+    setup_logging(level_of(args.quiet, args.verbose))
     stage = STAGES[args.stage]
     try:
         cfg = load_config(stage.load_schema(), args.config or stage.default_config_path,

@@ -292,15 +292,25 @@ def _unknown_key_message(schema: type, prefix: str, key: str, source: str) -> st
 # Introspection and saving
 
 
-def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """Every leaf key of `schema` as `(dotted key, type name, default, help)`; for `--help`."""
+def describe(schema: type, prefix: str = "", _seen: dict | None = None) -> list[tuple[str, str, Any, str]]:
+    """Every leaf key of `schema` as `(dotted key, type name, default, help)`; for `--help`.
+
+    A section of another stage's keys (`keys_of` metadata: `mmw2s run`'s) is expanded through that
+    stage's schema by `mmw2s.reference`.
+    """
     rows = []
     hints = get_type_hints(schema)
+    _seen = {} if _seen is None else _seen
     for f in dataclasses.fields(schema):
         tp = hints[f.name]
         key = prefix + f.name
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key + "."))
+            rows.extend(describe(tp, key + ".", _seen))
+            continue
+        if "keys_of" in f.metadata:
+            from mmw2s.reference import section_rows
+
+            rows.extend(section_rows(key, f, _seen))
             continue
         if f.default is not MISSING:
             default = f.default

@@ -30,6 +30,39 @@ def headline(metrics: Mapping[str, float]) -> float | None:
     return None
 
 
+def benchmark_order(names: Iterable[str]) -> list[str]:
+    """The one column order of every models-by-benchmarks table (the eval's and the run's): by name."""
+    return sorted(dict.fromkeys(names))
+
+
+# Caption benchmarks have no single headline: the table shows these of their metrics (name -> column):
+# the world's captions suite (against its truth), the captioning task (COCO metrics, CLIPScore).
+CAPTION_METRICS = {"exact_match": "exact", "object_recall": "obj recall", "hallucination_rate": "halluc.",
+                   "CIDEr": "CIDEr", "clip_score": "CLIP-S"}
+
+
+def results_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Models x benchmarks of eval records (CLIP_benchmark-shaped JSONs), in %, '-' where skipped.
+
+    Each benchmark shows its `headline` (the number the run's report and PGR use) in
+    `benchmark_order`; a caption benchmark shows its `CAPTION_METRICS` instead.
+    """
+    metrics = {(r["model"], r["dataset"]): r.get("metrics") or {} for r in records}
+    columns: list[tuple[str, str, Any]] = []  # (label, benchmark, metrics -> value)
+    for bench in benchmark_order(r["dataset"] for r in records):
+        found = [m for (_, b), m in metrics.items() if b == bench]
+        shown = [key for key in CAPTION_METRICS if any(key in m for m in found)]
+        if shown:
+            columns += [(f"{bench} {CAPTION_METRICS[key]}", bench, lambda m, k=key: m.get(k)) for key in shown]
+        else:
+            columns.append((bench, bench, headline))
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        values = [get(metrics.get((model, bench), {})) for _, bench, get in columns]
+        rows.append([model, *["-" if v is None else f"{100 * v:.1f}" for v in values]])
+    return markdown_table(["model", *[label for label, *_ in columns]], rows) + "\n"
+
+
 def pgr(student: float | None, weak: float | None, ceiling: float | None,
         min_gap: float = 1e-6) -> float | None:
     """(student - weak) / (ceiling - weak), or None when the gap is empty or a value is missing."""

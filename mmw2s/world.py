@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from mmw2s.console import progress_bar, running_stage
 
 from data_pipelines.shards import iter_samples, write_json_atomic
 from data_pipelines.world import WorldConfig, generate_world
@@ -20,7 +20,7 @@ def run(cfg: WorldConfig) -> dict:
     out = Path(cfg.out)
     save_config(cfg, out)
     total = cfg.clean.samples + cfg.web.samples + cfg.test.samples
-    with tqdm(total=total, desc="world", unit="img", dynamic_ncols=True) as bar:
+    with progress_bar(total=total, desc="world", unit="img", dynamic_ncols=True) as bar:
         summary = generate_world(cfg, progress=bar.update)
     write_json_atomic(out / "summary.json", summary)
     preview = write_preview(out / "web", out / "preview.png")
@@ -81,6 +81,8 @@ def print_summary(cfg: WorldConfig, summary: dict, preview: Path | None) -> None
         print(f"  {split:<5} {info['samples']:>6} samples in {info['shards']} shard(s): {info['path']}/")
     web_noise = {k: v for k, v in summary["web"]["noise_types"].items() if v}
     print(f"  web alt-text noise types: {json.dumps(web_noise)}")
+    if running_stage():  # inside `mmw2s run`: its report is where to look
+        return
     first = sorted((out / "web").glob("*.tar"))
     print("How to look at it:")
     if preview:

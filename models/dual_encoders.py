@@ -15,8 +15,10 @@ Loading an ``mmw2s-conv-*`` architecture with open_clip directly needs ``models.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import open_clip
 import safetensors.torch
@@ -148,10 +150,38 @@ def _model_cfg(arch: str, spec: DualEncoderSpec) -> dict[str, Any]:
     return cfg
 
 
+class _FromScratch(logging.Filter):
+    """Drops open_clip's warning that `arch` got no pretrained weights, for a model we build from
+    scratch on purpose (no `pretrained` given); any other record, of any model, passes."""
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        self.message = f"No pretrained weights loaded for model '{arch}'."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.message)
+
+
+@contextmanager
+def _quiet_from_scratch(arch: str, pretrained: str | None) -> Iterator[None]:
+    """Around an open_clip build: no "initialized randomly" warning when random is what was asked."""
+    if pretrained:
+        yield
+        return
+    drop = _FromScratch(arch)
+    root = logging.getLogger()  # open_clip warns through the root logger (`logging.warning`)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def build_dual_encoder(spec: DualEncoderSpec, device: str | torch.device = "cpu") -> DualEncoder:
     """Build the dual encoder a spec names with ``open_clip.create_model_and_transforms``."""
     arch = _resolve_arch(spec.arch)
-    with torch.random.fork_rng(devices=[]):  # seeded init without moving the caller's RNG
+    # seeded init without moving the caller's RNG
+    with torch.random.fork_rng(devices=[]), _quiet_from_scratch(arch, spec.pretrained):
         torch.manual_seed(spec.seed)
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             arch,

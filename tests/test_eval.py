@@ -219,7 +219,7 @@ def test_eval_writes_clip_benchmark_json_per_model_and_benchmark(tiny_setup, mon
     assert summary["clip"]["world:captions"]["skipped"]  # a dual encoder writes no captions
     assert json.loads((root / "out" / "itm__world-relation.json").read_text())["task"] == "image_caption_selection"
     table = (root / "out" / "results.md").read_text()
-    assert "| cap |" in table and "world:color acc1" in table
+    assert "| cap |" in table and "| model | world:captions exact | world:captions obj recall |" in table
     assert len((root / "out" / "results.jsonl").read_text().splitlines()) == 15
 
     # A rerun reuses every result: no model is even loaded.

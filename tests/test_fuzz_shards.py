@@ -10,10 +10,8 @@ Invariants, at the reader and through `mmw2s bootstrap`:
 """
 from __future__ import annotations
 
-import io
 import json
 import random
-import tarfile
 from pathlib import Path
 
 import pytest

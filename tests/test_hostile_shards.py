@@ -13,7 +13,6 @@ JSON a text selector cannot use; failures that are no sample's fault (named by s
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import struct
 import tarfile
@@ -27,7 +26,7 @@ from PIL import Image
 
 from data_pipelines import sample_decode
 from data_pipelines.shards import (ReadLimits, ShardEnd, ShardError, ShardWriter, Skip, event_loader,
-                                   event_pipeline, expand_urls, is_safe_key, safe_key, shard_events,
+                                   expand_urls, is_safe_key, safe_key, shard_events,
                                    shard_name, write_json_atomic)
 from hostile_tars import (bootstrap, build_tiny_models, check_output_tar, encoded, expected_accounting, jpeg, link,
                           sample, strict_json, write_tar)

@@ -181,7 +181,7 @@ def test_vqa_eval_writes_acc_for_a_llava_student_and_a_captioner(tmp_path):
     # pairs that make no sense are recorded as skipped, with the reason
     assert "cannot answer questions" in summary["clip"]["world:vqa"]["skipped"]
     assert "no image-text score" in summary["llava"]["world:color"]["skipped"]
-    assert "world:vqa acc" in (tmp_path / "out" / "results.md").read_text()
+    assert "| world:vqa |" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_captioner_answers_from_its_own_caption():

@@ -278,7 +278,7 @@ def test_student_losses_train_on_bootstrapped_shards(tmp_path, overrides):
     cfg = train_cfg(spec, tmp_path / "run", "steps=3", "batch_size=8", "checkpoint_every=0", *overrides)
     run(cfg)
     history = loss_history(cfg.out)
-    assert len(history) == 3 and all(torch.isfinite(torch.tensor(l)) for _, l in history)
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(loss)) for _, loss in history)
 
 
 def test_gold_ceiling_run_says_it_read_the_truth(shards, tmp_path, caplog):
@@ -430,7 +430,7 @@ def test_killed_run_resumes_to_the_same_final_step_and_loss_curve(shards, tmp_pa
     run(train_cfg(shards, tmp_path / "straight", f"steps={steps}", "checkpoint_every=0"))
     killed, straight = loss_history(tmp_path / "killed"), loss_history(tmp_path / "straight")
     assert [s for s, _ in killed] == [s for s, _ in straight]
-    assert [l for _, l in killed] == pytest.approx([l for _, l in straight], rel=1e-4, abs=1e-5)
+    assert [loss for _, loss in killed] == pytest.approx([loss for _, loss in straight], rel=1e-4, abs=1e-5)
 
 
 def test_bf16_with_gradient_accumulation_after_a_full_precision_run(shards, tmp_path):

@@ -131,7 +131,7 @@ def test_bootstrap_captions_with_a_prompted_vlm(world, clip, vlms, family, tmp_p
     the processor run in 0 or 2 data-loader workers), the prompt (and the chat template around it)
     never in them, and the provenance says how they came."""
     summary = bootstrap(world, clip, vlms[family], tmp_path / "a", f"captioner.prompt={PROMPT}")
-    again = bootstrap(world, clip, vlms[family], tmp_path / "b", f"captioner.prompt={PROMPT}", "workers=2")
+    bootstrap(world, clip, vlms[family], tmp_path / "b", f"captioner.prompt={PROMPT}", "workers=2")
     first, second = blocks(tmp_path / "a"), blocks(tmp_path / "b")
     assert summary["written"] == 12 and len(first) == 12
     captions = [s["caption"] for b in first.values() for s in b["synthetic"]]

@@ -39,7 +39,7 @@ def missing_peer(*modules: str) -> str | None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as exn:  # a peer that fails on import is as missing as one not installed
+        except Exception as exn:  # noqa: BLE001 - a peer that fails on import is as missing as one not installed
             return f"skipped: {module} unavailable ({type(exn).__name__}: {exn}); {INSTALL_HINT}"
     return None
 

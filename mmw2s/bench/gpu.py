@@ -302,7 +302,7 @@ def bench_gpu(cfg: BenchConfig, device: str) -> list[dict]:
     for row_name, measure in measures.items():
         try:
             rows.append(measure())
-        except Exception as exn:  # one failing row (e.g. out of memory) must not lose the others
+        except Exception as exn:  # noqa: BLE001 - one failing row (e.g. out of memory) must not lose the others
             rows.append(skipped(row_name, f"failed: {type(exn).__name__}: {str(exn)[:300]}", UNITS[row_name]))
         torch.cuda.empty_cache()
     torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -15,27 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from data_pipelines.benchmarks import (
-    CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, check_benchmark, load_benchmark, load_world_test,
-    world_suite,
-)
+from data_pipelines.benchmarks import Benchmark, check_benchmark, load_benchmark, load_world_test, world_suite
 from data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.errors import InputError
+from mmw2s.report import results_table
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
 from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
-from mmw2s.evaluate.vqa import VQA, vqa_benchmark
+from mmw2s.evaluate.vqa import vqa_benchmark
 
 log = logging.getLogger(__name__)
-
-HEADLINE = {CLASSIFICATION: ["acc1"], SELECTION: ["acc"], VQA: ["acc"],
-            RETRIEVAL: ["image_retrieval_recall@5", "text_retrieval_recall@5"],
-            CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"], "captioning": ["CIDEr", "clip_score"]}
-SHORT = {"acc1": "acc1", "acc": "acc", "image_retrieval_recall@5": "T2I R@5",
-         "text_retrieval_recall@5": "I2T R@5", "exact_match": "exact", "object_recall": "obj recall",
-         "hallucination_rate": "halluc.", "clip_score": "CLIP-S"}
-
 
 class BenchmarkCache:
     """Builds each benchmark once per run; world suites share one read of the test split."""
@@ -121,7 +111,7 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
         path = result_path(out_dir, name, key)
         done = _finished_metrics(path) if path.exists() and not overwrite else None
         if done is not None:
-            log.info("%s exists: skipped", path)
+            log.debug("%s exists: skipped", path)
             results[key] = done
             continue
         if scorer is None:
@@ -131,7 +121,7 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
         kind = model.kind if isinstance(model, ModelEntry) else ""
         record = evaluate_one(scorer, cache.get(spec), key, replace(settings, result_file=str(path)), kind)
         write_json_atomic(path, record)
-        log.info("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
+        log.debug("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
         results[key] = record["metrics"]
     return results
 
@@ -202,23 +192,7 @@ def write_summary(records: list[dict], out: Path) -> dict:
     for r in records:
         summary.setdefault(r["model"], {})[r["dataset"]] = r["metrics"] or {"skipped": r.get("skipped", "")}
     write_json_atomic(out / "summary.json", summary)
-    (out / "results.md").write_text(markdown_table(records))
-    print(markdown_table(records))
+    table = results_table(records)  # the run's report uses the same headline per benchmark and order
+    (out / "results.md").write_text(table)
+    print(table)
     return summary
-
-
-def markdown_table(records: list[dict]) -> str:
-    """Models as rows, each benchmark's headline metrics (in %) as columns; '-' where skipped."""
-    columns: list[tuple[str, str]] = []
-    for r in records:
-        for metric in HEADLINE.get(r["task"], []):
-            if (r["dataset"], metric) not in columns:
-                columns.append((r["dataset"], metric))
-    models = list(dict.fromkeys(r["model"] for r in records))
-    cell = {(r["model"], r["dataset"], m): v for r in records for m, v in r["metrics"].items()}
-    head = "| model | " + " | ".join(f"{d} {SHORT.get(m, m)}" for d, m in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 1)]
-    for model in models:
-        values = [cell.get((model, d, m)) for d, m in columns]
-        lines.append(f"| {model} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in values) + " |")
-    return "\n".join(lines) + "\n"

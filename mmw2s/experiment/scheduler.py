@@ -20,10 +20,11 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from mmw2s.config import to_dict
 from mmw2s.errors import StageError
+from mmw2s.experiment.display import StageDisplay
 from mmw2s.experiment.plan import Step
 from mmw2s.experiment.stages import EVAL_MODEL, run_step
 
@@ -66,8 +67,10 @@ def run_steps(steps: Sequence[Step], jobs: int, done: Done) -> None:
     deps = dependencies(steps)
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger("mmw2s").getEffectiveLevel()
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads_per_job(jobs), level)) as pool:
+    # The workers' logs, prints and progress bars are drawn by this process, in one place.
+    with StageDisplay(context) as display, ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker,
+            initargs=(threads_per_job(jobs), level, display.queue)) as pool:
         _drive(pool, steps, deps, jobs, done)
 
 
@@ -81,7 +84,7 @@ def _drive(pool: ProcessPoolExecutor, steps: Sequence[Step], deps: list[set[int]
         if failure is None:  # after a failure: no new stage, the running ones finish (resumable)
             for i in [i for i in waiting if deps[i] <= finished][: jobs - len(running)]:
                 waiting.remove(i)
-                print(f"\n=== start {steps[i].name} -> {steps[i].out}", flush=True)
+                print(f"=== start {steps[i].name} -> {steps[i].out}", flush=True)
                 running[pool.submit(run_step, steps[i])] = i
         if not running:
             break
@@ -100,16 +103,17 @@ def _drive(pool: ProcessPoolExecutor, steps: Sequence[Step], deps: list[set[int]
         raise StageError(f"stage {step.name} ({step.out}) failed: {type(exn).__name__}: {exn}") from exn
 
 
-def _init_worker(threads: int, level: int) -> None:
+def _init_worker(threads: int, level: int, display: Any) -> None:
     """Each worker: this many torch threads (data-loader workers keep their own single thread), and
-    the command line's logging (a spawned process starts without it)."""
+    the command line's log level (a spawned process starts without it), its output sent to the
+    parent's display."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     # A spawned process inherits "spawn" as its default start method; the stages' data loaders
     # start their workers as `mmw2s STAGE` does (fork), whose datasets need not pickle.
     multiprocessing.set_start_method("fork", force=True)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mmw2s", "data_pipelines", "models"):
-        logging.getLogger(name).setLevel(level)
+    from mmw2s.console import attach_worker
+
+    attach_worker(display, level)
     import torch
 
     torch.set_num_threads(threads)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.shards import write_json_atomic
+from mmw2s.console import stage_label
 from mmw2s.experiment.plan import Step
 
 
@@ -47,7 +48,8 @@ def run_step(step: Step) -> tuple[dict[str, float], bool]:
     record = timing_path(step)
     done_before = json.loads(record.read_text()) if record.exists() else None
     start, cpu = time.perf_counter(), cpu_seconds()
-    RUNNERS[step.stage](step)
+    with stage_label(step.name):
+        RUNNERS[step.stage](step)
     spent = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu_seconds() - cpu, 1)}
     if done_before is None:
         write_json_atomic(record, spent)

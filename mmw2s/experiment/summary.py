@@ -19,7 +19,7 @@ from mmw2s.experiment.captioning import (CaptioningResults, captioning_markdown,
                                          plot_rounds, round_rows, rounds_markdown)
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, Variant
-from mmw2s.report import (fmt, headline, markdown_table, mean_std, pgr_table, plot_curves,
+from mmw2s.report import (benchmark_order, fmt, headline, markdown_table, mean_std, pgr_table, plot_curves,
                           plot_lines, plot_pgr)
 
 WEAK = ("weak_captioner", "weak_filter")
@@ -143,7 +143,7 @@ def results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]]) -> Resu
     """Scores, PGR and bias of one experiment over its seeds."""
     per_seed = [seed_scores(steps) for steps in steps_by_seed.values()]
     agg = aggregate(per_seed)
-    benches = cfg.headline or sorted({b for m in agg.values() for b, v in m.items() if v[0] is not None})
+    benches = cfg.headline or benchmark_order(b for m in agg.values() for b, v in m.items() if v[0] is not None)
     students = [s for s in student_names(cfg) if s in agg]
     pgr = pgr_over_seeds(per_seed, students, benches, cfg.pgr_min_gap)
     bias = None

@@ -65,7 +65,7 @@ def synthesize_locked(cfg: SynthesizeConfig, backend: Any, urls: list[str], fing
     todo = [u for u in urls if not shard_done(out, u, fingerprint)]
     log.info("%d input shards, %d complete, %d to do (backend %s)", len(urls), len(urls) - len(todo),
              len(todo), backend.name)
-    from tqdm.auto import tqdm
+    from mmw2s.console import progress_bar as tqdm  # drawn by tqdm, as lines, or by `mmw2s run`
 
     start, this_run = time.perf_counter(), Counter()
     bar = tqdm(unit="img", desc="synthesize", disable=not cfg.progress)

@@ -29,11 +29,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mmw2s.errors import StageError
 from mmw2s.config import save_config
+from mmw2s.console import progress_bar, quiet_tied_weights_warning
 from mmw2s.train import checkpoint as ckpt
 from mmw2s.train.config import TrainConfig
 from mmw2s.train.data import LISTED_SKIPS, DataStats, hash_seed, loader_settings, make_loader
@@ -42,6 +42,7 @@ from mmw2s.train.tasks import TrainTask, build_task, model_path
 from mmw2s.train.texts import TextSelector
 
 log = logging.getLogger(__name__)
+quiet_tied_weights_warning()  # expected at every checkpoint of a captioner: see mmw2s/console.py
 LOSS_TAIL = 200  # (step, loss) pairs kept in trainer_state.json
 
 
@@ -210,7 +211,7 @@ def _train(r: Run) -> None:
                          **loader_settings(cfg.prefetch_factor, cfg.pin_memory, cfg.persistent_workers,
                                            acc.device))
     batches = iter(loader)
-    bar = tqdm(total=cfg.steps, initial=p.step, disable=not acc.is_main_process,
+    bar = progress_bar(total=cfg.steps, initial=p.step, disable=not acc.is_main_process,
                desc=f"train {cfg.task}", dynamic_ncols=True)
     r.rng.restore()  # nothing drawn since setup (loader, workers, logging) reaches the steps
     window: list[float] = []

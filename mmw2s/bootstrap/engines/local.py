@@ -97,7 +97,7 @@ class LocalEngine:
 
 def progress_bar(urls: list[str], show: bool):
     """A tqdm bar in images (img/s shown by tqdm); its total comes from input stats when present."""
-    from tqdm.auto import tqdm
+    from mmw2s.console import progress_bar as tqdm  # drawn by tqdm, as lines, or by `mmw2s run`
 
     counts = [expected_samples(u) for u in urls]
     total = sum(counts) if all(c is not None for c in counts) else None

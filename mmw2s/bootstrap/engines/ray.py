@@ -218,7 +218,7 @@ class ShardProgress:
     a log line every `every` seconds."""
 
     def __init__(self, total: int, show: bool, every: float = 30.0) -> None:
-        from tqdm.auto import tqdm
+        from mmw2s.console import progress_bar as tqdm  # drawn by tqdm, as lines, or by `mmw2s run`
 
         self.bar = tqdm(total=total, unit="shard", desc="bootstrap (ray)", disable=not show)
         self.images, self.every = 0, every
