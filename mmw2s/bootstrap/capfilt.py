@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from data_pipelines.shards import shard_name
+
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.errors import StageError
 
@@ -66,11 +68,12 @@ class CapFilt:
         self.captioner_name, self.filter_name = names
         self.mode = filt.mode if kind == "blip" else "clip"
         for wrapper in (captioner, filt):
+            model = getattr(wrapper, "model", None)  # an endpoint captioner holds no model here
             # a model spread over devices by from_pretrained(device_map=...) stays where it was put
-            if wrapper is not None and not getattr(wrapper.model, "hf_device_map", None):
-                wrapper.model.to(self.device)
-            if wrapper is not None:
-                wrapper.model.eval()
+            if model is not None and not getattr(model, "hf_device_map", None):
+                model.to(self.device)
+            if model is not None:
+                model.eval()
         inputs = captioner.input_builder() if captioner is not None else None
         if kind == "clip":
             self.preprocessor = Preprocessor(inputs, filter_transform=filt.preprocess_val)
@@ -92,7 +95,8 @@ class CapFilt:
         # `captioner.dtype=auto` of a prompted VLM: bf16 weights where the run autocasts to bf16
         bf16 = cfg.precision == "bf16" and torch.device(device).type == "cuda"
         try:
-            captioner = build_captioner(cfg.captioner, auto_dtype="bfloat16" if bf16 else "float32") if generate else None
+            captioner = build_captioner(cfg.captioner, auto_dtype="bfloat16" if bf16 else "float32",
+                                        run_dir=cfg.out) if generate else None
         except CaptionerLoadError as exn:
             raise StageError(f"captioner: {exn}") from None
         spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
@@ -112,6 +116,17 @@ class CapFilt:
         return {"captioner": captioner,
                 "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
 
+    def shard_usage(self, url: str) -> dict:
+        """What the captioner spent on input shard `url` (an endpoint's requests, retries, cache hits,
+        tokens), for its stats; empty for in-process captioners."""
+        usage = getattr(self.captioner, "shard_usage", None)
+        return {"endpoint": usage(shard_name(url))} if usage is not None else {}
+
+    def close(self) -> None:
+        """Release what the captioner holds outside this process (an endpoint's server and threads)."""
+        if hasattr(self.captioner, "close"):
+            self.captioner.close()
+
     def _autocast(self):
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -123,9 +138,11 @@ class CapFilt:
         d = self.decoding
         if self.captioner is None:
             return [[] for _ in range(len(inputs["filter"]))]
+        # an endpoint reads the original image bytes (`stages.caption_batch` adds them), others tensors
+        encoded = getattr(self.captioner, "inputs", "tensors") == "encoded"
         with self._autocast():
             return self.captioner.caption(
-                inputs["captioner"], num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
+                inputs["images"] if encoded else inputs["captioner"], num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
                 max_new_tokens=d.max_new_tokens, min_new_tokens=d.min_new_tokens, seed=seed)
 
     @torch.inference_mode()

@@ -166,6 +166,8 @@ class BootstrapConfig:
             raise ValueError(f"max_caption_chars must be >= 1, got {self.max_caption_chars}")
         validate_captioner(self.captioner)
         self.decoding.validate()
+        if self.captioner.kind == "endpoint" and self.decoding.num_captions > 0:
+            validate_endpoint(self.captioner, self.decoding)
         self.filter.validate()
         self.thresholds.validate()
         self.ray.validate()
@@ -191,3 +193,45 @@ def validate_captioner(spec: CaptionerSpec) -> None:
     if spec.prompt is not None and spec.prompt.strip() != text:
         raise ValueError(f"captioner.prompt and captioner.prompt_file={spec.prompt_file} disagree: set one")
     spec.prompt = text
+
+
+def validate_endpoint(spec: CaptionerSpec, decoding: DecodingConfig) -> None:
+    """Settings an OpenAI-compatible endpoint cannot serve, caught before any server starts."""
+    ep = spec.endpoint
+    if decoding.method == "beam":
+        raise ValueError("captioner.kind=endpoint: beam search is not part of the chat-completions API; use "
+                         "decoding.method=nucleus or greedy")
+    if not (spec.prompt or "").strip():
+        raise ValueError("captioner.kind=endpoint needs captioner.prompt (or prompt_file), e.g. "
+                         "'Describe this image in one sentence.'")
+    if ep.server == "external" and not ep.base_url:
+        raise ValueError("captioner.endpoint.server=external needs captioner.endpoint.base_url (e.g. "
+                         "http://localhost:8000/v1), or set server=vllm to let the job start one")
+    if ep.concurrency < 1 or ep.max_attempts < 1 or ep.max_restarts < 0:
+        raise ValueError("captioner.endpoint.concurrency and max_attempts must be >= 1, max_restarts >= 0")
+    if ep.timeout_s <= 0 or ep.health_timeout_s <= 0:
+        raise ValueError("captioner.endpoint.timeout_s and health_timeout_s must be > 0")
+
+
+# How a request travels (where, how many at once, how patiently) never changes an answer.
+_TRANSPORT = ("base_url", "api_key_env", "server_python", "server_command", "server_args", "health_timeout_s",
+              "max_restarts", "concurrency", "timeout_s", "max_attempts", "backoff_base_s", "backoff_max_s",
+              "jitter", "cache", "cache_dir")
+
+
+def captioner_key(spec: CaptionerSpec) -> dict:
+    """The captioner settings that decide captions, for the run fingerprint.
+
+    A checkpoint captioner (kind=auto) keys as before endpoints existed, so older run folders
+    resume; an endpoint leaves out its transport, so a resumed run may use another URL, port or
+    concurrency (the model id is checked against the server's own list when it loads).
+    """
+    from dataclasses import asdict
+
+    key = asdict(spec)
+    endpoint = key.pop("endpoint")
+    if spec.kind == "auto":
+        key.pop("kind")
+        return key
+    key["endpoint"] = {k: v for k, v in endpoint.items() if k not in _TRANSPORT}
+    return key

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from data_pipelines.shards import expand_urls, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
-from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.config import BootstrapConfig, captioner_key
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
@@ -86,7 +86,7 @@ def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:
     Not included: where inputs and outputs live, workers, device, progress.
     """
     used = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
-    keys = {"captioner": asdict(cfg.captioner), "decoding": asdict(cfg.decoding),
+    keys = {"captioner": captioner_key(cfg.captioner), "decoding": asdict(cfg.decoding),
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
             "thresholds": thresholds.record(), "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from data_pipelines.shards import ShardEnd, Skip, shard_name
+from models.captioner_protocol import EncodedImage
 
 from mmw2s.bootstrap.thresholds import Thresholds
 
@@ -131,11 +132,32 @@ def batch_seed(seed: int, batch: Batch) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+def sample_seed(seed: int, url: str, key: str) -> int:
+    """One sample's own sampling seed, a hash of (run seed, shard name, key), 31 bits (what every
+    OpenAI-compatible server takes as `seed`)."""
+    text = f"{seed}:{shard_name(url)}:{key}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**31 - 1)
+
+
+def encoded_images(seed: int, batch: Batch) -> list[EncodedImage]:
+    """The batch's images as their original bytes, each with its own seed (endpoint captioners)."""
+    name = shard_name(batch.url)
+    return [EncodedImage(s["__key__"], name, s["image_bytes"], s["image_ext"], sample_seed(seed, batch.url, s["__key__"]))
+            for s in batch.samples]
+
+
+def caption_batch(caption: CaptionFn, batch: Batch, seed: int) -> list[list[str]]:
+    """The captioner's captions of one batch: its inputs plus, under `images`, the original bytes
+    with per-sample seeds (references into the batch: no copy), seeded per batch."""
+    batch.inputs["images"] = encoded_images(seed, batch)
+    return [list(caps) for caps in caption(batch.inputs, batch_seed(seed, batch))]
+
+
 def caption_stage(items: Iterable[Any], caption: CaptionFn, seed: int) -> Iterator[Any]:
     """Add `batch.synthetic`: the captioner's captions for every image, seeded per batch."""
     for item in items:
         if isinstance(item, Batch):
-            item.synthetic = [list(caps) for caps in caption(item.inputs, batch_seed(seed, item))]
+            item.synthetic = caption_batch(caption, item, seed)
             if len(item.synthetic) != len(item):
                 raise RuntimeError(f"captioner returned {len(item.synthetic)} rows for {len(item)} images")
         yield item
@@ -167,7 +189,8 @@ class Selection:
     nothing_kept: str = "drop"  # "drop" the sample, or "flag" it (.txt = its web caption, json says so)
 
 
-INVALID_REASONS = ("empty", "special_tokens", "prompt")
+# the last three come from an endpoint captioner (`models.captioner_protocol.InvalidCaption`)
+INVALID_REASONS = ("empty", "special_tokens", "prompt", "refused", "malformed", "rejected")
 _MARKUP = re.compile(r"<[^<>\s]+>")  # <loc0042>, <image>, <|im_end|>
 _MARKUP_ONLY = re.compile(r"(?:\s*<[^<>\s]+>)+\s*")
 
@@ -210,8 +233,8 @@ def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthet
     web_kept = math.isfinite(web_score) and web_score >= thresholds.web
     syn = []
     for c, s in zip(synthetic, synthetic_scores):
-        entry = {"caption": c, "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
-        reason = invalid_caption(c, prompt)
+        entry = {"caption": str(c), "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
+        reason = getattr(c, "invalid", None) or invalid_caption(c, prompt)
         if reason:
             entry.update(kept=False, invalid=reason)
         syn.append(entry)

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -101,9 +101,11 @@ class ShardOutputs:
     `.partial` leftovers exist, and a rerun redoes the partial ones.
     """
 
-    def __init__(self, folder: str | Path, extra_stats: dict | None = None) -> None:
+    def __init__(self, folder: str | Path, extra_stats: dict | None = None,
+                 shard_extra: Callable[[str], dict] | None = None) -> None:
         self.folder = Path(folder)
         self.extra = dict(extra_stats or {})
+        self.shard_extra = shard_extra  # input URL -> more stats of that shard (an endpoint's requests)
         self.open: dict[str, tuple[ShardWriter, ShardTally]] = {}
 
     def _get(self, url: str) -> tuple[ShardWriter, ShardTally]:
@@ -130,7 +132,7 @@ class ShardOutputs:
     def finish(self, end: ShardEnd) -> dict:
         """Close the output of `end.url` (an empty shard when nothing came) and return its stats."""
         writer, tally = self._get(end.url)
-        stats = tally.stats(end, self.extra)
+        stats = tally.stats(end, {**self.extra, **(self.shard_extra(end.url) if self.shard_extra else {})})
         writer.close(stats)
         del self.open[end.url]
         return stats
