@@ -100,7 +100,7 @@ class EndpointCaptioner:
         self.client = ChatClient(base_url, spec.api_key_env, policy, before_retry=self._revive)
         self.cache = ResponseCache(cache_dir) if spec.cache and cache_dir else None
         self.send_min_tokens = spec.min_tokens if spec.min_tokens is not None else spec.server != "external"
-        self.model, self.served = model, self._server_facts(model)
+        self.model_name, self.served = model, self._server_facts(model)
         self.pool = ThreadPoolExecutor(max_workers=spec.concurrency, thread_name_prefix="captioner-endpoint")
         self.restarts = 0
         self._lock = threading.Lock()
@@ -153,7 +153,7 @@ class EndpointCaptioner:
         if hit is not None:
             self._tally(image.shard, Usage(cache_hits=1))
             return [InvalidCaption(c["text"], c["invalid"]) if c.get("invalid") else c["text"] for c in hit["captions"]]
-        result = self.client.complete(self.model, self._messages(image), seed=image.seed, **params)
+        result = self.client.complete(self.model_name, self._messages(image), seed=image.seed, **params)
         # per request, its own tries and tokens (the client's totals mix concurrent requests)
         self._tally(image.shard, Usage(requests=result.attempts, retries=max(0, result.attempts - 1),
                                        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens))
@@ -161,7 +161,7 @@ class EndpointCaptioner:
         if self.cache is not None and result.status == "ok":
             self.cache.put(key, {"captions": [{"text": str(c), "invalid": getattr(c, "invalid", None)}
                                               for c in captions],
-                                 "model": self.model, "prompt_tokens": result.prompt_tokens,
+                                 "model": self.model_name, "prompt_tokens": result.prompt_tokens,
                                  "completion_tokens": result.completion_tokens})
         return captions
 
@@ -189,7 +189,7 @@ class EndpointCaptioner:
 
     def _cache_key(self, image: EncodedImage, params: dict) -> str:
         content = {"prompt": self.prompt, "image_sha256": hashlib.sha256(image.data).hexdigest()}
-        return cache_key(content, self.model, {**params, "seed": image.seed})
+        return cache_key(content, self.model_name, {**params, "seed": image.seed})
 
     # ---- counters ----------------------------------------------------------------------------------
     def _tally(self, shard: str, usage: Usage) -> None:

@@ -50,6 +50,7 @@ class FakeOpenAI:
         self.slow_s = 1.0
         self.chat_requests = 0
         self.answered = 0
+        self.stop_after: int | None = None  # in a thread: stop serving after this many answers
         self.seeds: dict[str, set] = {}  # image sha -> seeds it was asked with
         self.auth: set[str] = set()
         self.lock = threading.Lock()
@@ -123,6 +124,10 @@ class FakeOpenAI:
             self.answered += 1
             dying = self.die_after is not None and self.answered >= self.die_after and not (
                 self.die_once_file and Path(self.die_once_file).exists())
+        if self.stop_after is not None and self.answered > self.stop_after:  # in a thread: stop, answer nothing
+            threading.Thread(target=self.close, daemon=True).start()
+            h.close_connection = True
+            return
         if dying:  # abruptly, mid-request, like a server that ran out of memory
             if self.die_once_file:
                 Path(self.die_once_file).write_text("died")

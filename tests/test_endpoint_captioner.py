@@ -193,3 +193,173 @@ def test_a_managed_server_that_never_comes_up_says_why_with_its_log(tmp_path, fl
     with pytest.raises(ServerStartError, match=message) as info:
         EndpointCaptioner(managed(tmp_path, flag, health_timeout_s=2), "fake-vlm", PROMPT, log_dir=tmp_path)
     assert "fake server: loading fake-vlm" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# `mmw2s bootstrap` end to end: tiny world shards, the endpoint captioner, the tiny CLIP filter
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("world")
+    generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),
+                               web=SplitConfig(24), test=SplitConfig(0)))
+    return out / "web"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from models import DualEncoderSpec, build_dual_encoder
+
+    folder = tmp_path_factory.mktemp("clip") / "clip"
+    build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny")).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    s = FakeOpenAI().start()
+    yield s
+    s.close()
+
+
+def run_bootstrap(world, clip, out, *extra, base_url=None) -> dict:
+    from mmw2s.bootstrap.config import BootstrapConfig
+    from mmw2s.bootstrap.run import run
+    from mmw2s.config import load_config
+
+    settings = [f"input={world}", f"out={out}", "captioner.kind=endpoint", "captioner.name=fake-vlm",
+                f"captioner.prompt={PROMPT}", "captioner.endpoint.timeout_s=5", "captioner.endpoint.max_attempts=3",
+                "captioner.endpoint.backoff_base_s=0.01", "captioner.endpoint.jitter=0",
+                "filter.kind=clip", f"filter.dual_encoder.arch=local-dir:{clip}", "decoding.num_captions=2",
+                "decoding.max_new_tokens=12", "batch_size=4", "workers=0", "cpu_threads=1", "progress=false",
+                "selection.nothing_kept=flag"]
+    if base_url:
+        settings.append(f"captioner.endpoint.base_url={base_url}")
+    return run(load_config(BootstrapConfig, None, [*settings, *extra]))
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((Path(out) / "shards").glob("*.tar"))}
+
+
+def shard_stats(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "shards").glob("*_stats.json"))]
+
+
+@pytest.fixture(scope="module")
+def reference(world, clip, shared_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    run_bootstrap(world, clip, out, "captioner.endpoint.concurrency=1", base_url=shared_server.url)
+    return out
+
+
+def test_bootstrap_output_bytes_do_not_depend_on_concurrency_or_workers(world, clip, shared_server, reference,
+                                                                        tmp_path):
+    assert len(shard_bytes(reference)) == 3
+    for i, extra in enumerate([("captioner.endpoint.concurrency=16",),
+                               ("captioner.endpoint.concurrency=16", "workers=2")]):
+        shared_server.faults = ["429", "500"]  # whichever requests meet them, the answers are the same
+        run_bootstrap(world, clip, tmp_path / str(i), *extra, base_url=shared_server.url)
+        assert shard_bytes(tmp_path / str(i)) == shard_bytes(reference), extra
+    # another batch size: the same captions (the filter's float sums may differ in the last bits)
+    run_bootstrap(world, clip, tmp_path / "b3", "batch_size=3", base_url=shared_server.url)
+    assert synthetic_captions(tmp_path / "b3") == synthetic_captions(reference)
+    stats = shard_stats(tmp_path / "1")
+    assert sum(s["endpoint"]["requests"] for s in stats) == 24 + 2 and sum(s["endpoint"]["retries"] for s in stats) == 2
+    assert all(s["endpoint"]["completion_tokens"] == 8 * 16 for s in stats)
+    block = json.loads(_first_json(tmp_path / "1"))["mmw2s"]
+    assert block["captioner"]["model_id"] == "fake-vlm" and block["captioner"]["server"] == "external"
+    assert block["captioner"]["kind"] == "endpoint" and "base_url" not in json.dumps(block)
+    assert len(block["synthetic"]) == 2
+
+
+def synthetic_captions(out: Path) -> dict[str, list[str]]:
+    found = {}
+    for path in sorted((Path(out) / "shards").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    block = json.loads(tar.extractfile(m).read())["mmw2s"]
+                    found[m.name] = [c["caption"] for c in block["synthetic"]]
+    return found
+
+
+def _first_json(out: Path) -> bytes:
+    with tarfile.open(Path(out) / "shards" / "00000.tar") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
+        return tar.extractfile(member).read()
+
+
+def test_reruns_request_nothing_and_the_api_key_never_reaches_disk(world, clip, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MMW2S_TEST_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    server = FakeOpenAI().start()
+    try:
+        keyed = ("captioner.endpoint.api_key_env=MMW2S_TEST_KEY", f"captioner.endpoint.cache_dir={tmp_path / 'cache'}")
+        run_bootstrap(world, clip, tmp_path / "a", *keyed, base_url=server.url)
+        assert server.auth == {f"Bearer {SECRET}"} and server.chat_requests == 24
+        # a rerun into another folder with the same cache, and a redone shard, ask for nothing
+        run_bootstrap(world, clip, tmp_path / "b", *keyed, base_url=server.url)
+        for name in ("00001.tar", "00001_stats.json"):
+            (tmp_path / "a" / "shards" / name).unlink()
+        summary = run_bootstrap(world, clip, tmp_path / "a", *keyed, base_url=server.url)
+        assert server.chat_requests == 24 and summary["images_this_run"] == 8
+        assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+        assert sum(s["endpoint"]["cache_hits"] for s in shard_stats(tmp_path / "b")) == 24
+    finally:
+        server.close()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 30  # shards, stats, config, thresholds, summary, 24 cache entries
+    assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
+    assert "MMW2S_TEST_KEY" in (tmp_path / "a" / "config.yaml").read_text()  # the variable's name only
+    assert SECRET not in caplog.text
+
+
+def test_invalid_answers_are_counted_by_reason_in_the_shard_stats(world, clip, tmp_path):
+    server = FakeOpenAI().start()
+    try:
+        first = sorted(iter_samples(str(world / "00000.tar"), ReadLimits(decode_images=False)),
+                       key=lambda s: s["__key__"])[:6]
+        behaviours = ["refuse", "content_filter", "malformed", "echo", "markup", "empty"]
+        server.per_image = {sha(s["image_bytes"]): b for s, b in zip(first, behaviours)}
+        run_bootstrap(world, clip, tmp_path, base_url=server.url)
+    finally:
+        server.close()
+    stats = shard_stats(tmp_path)[0]
+    assert stats["synthetic_invalid_by_reason"] == {"refused": 4, "malformed": 2, "prompt": 2,
+                                                    "special_tokens": 2, "empty": 2}
+    assert stats["synthetic_invalid"] == 12 and stats["written"] == 8
+
+
+def test_a_dead_external_server_leaves_its_shard_incomplete_until_a_rerun(world, clip, reference, tmp_path):
+    server = FakeOpenAI().start()
+    port = server.port
+    server.stop_after = 10  # mid-shard 00001
+    with pytest.raises(Exception, match="no answer after 3 tries") as info:
+        run_bootstrap(world, clip, tmp_path, base_url=server.url)
+    assert "00001" in str(info.value)
+    assert is_complete(tmp_path / "shards" / "00000.tar") and not is_complete(tmp_path / "shards" / "00001.tar")
+    again = FakeOpenAI(port=port).start()  # the server is back where it was
+    try:
+        run_bootstrap(world, clip, tmp_path, base_url=again.url)
+    finally:
+        again.close()
+    assert shard_bytes(tmp_path) == shard_bytes(reference)
+
+
+def test_bootstrap_through_a_managed_server_that_dies_once(world, clip, reference, tmp_path):
+    command = json.dumps(["{python}", str(HERE / "fake_openai_server.py"), "--port", "{port}", "--model", "{model}",
+                          "--die-after", "9", "--die-once-file", str(tmp_path / "died")])
+    run_bootstrap(world, clip, tmp_path / "out", "captioner.endpoint.server=vllm",
+                  f"captioner.endpoint.server_python={sys.executable}", f"captioner.endpoint.server_command={command}",
+                  "captioner.endpoint.health_timeout_s=60")
+    assert (tmp_path / "died").exists()
+    stats = shard_stats(tmp_path / "out")
+    assert len(stats) == 3 and max(s["endpoint"]["server_restarts"] for s in stats) == 1
+    # the same captions as the external run (the provenance says which server kind wrote them)
+    assert synthetic_captions(tmp_path / "out") == synthetic_captions(reference)
+    assert json.loads(_first_json(tmp_path / "out"))["mmw2s"]["captioner"]["server"] == "vllm"
+    assert list((tmp_path / "out" / "logs").glob("server-*.log"))
