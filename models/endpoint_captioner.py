@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .captioner_protocol import EncodedImage, InvalidCaption
-from .endpoint_server import COMMANDS, ManagedServer
+from .endpoint_server import COMMANDS, ManagedServer, gpu_env
 from .openai_client import ChatClient, ChatResult, ResponseCache, RetryPolicy, Usage, cache_key
 from .specs import EndpointSpec
 
@@ -83,7 +83,7 @@ class EndpointCaptioner:
     trainable = False
 
     def __init__(self, spec: EndpointSpec, model: str, prompt: str, cache_dir: str | Path | None = None,
-                 log_dir: str | Path | None = None) -> None:
+                 log_dir: str | Path | None = None, device: str | None = None) -> None:
         if not (prompt or "").strip():
             raise ValueError("an endpoint captioner needs captioner.prompt (or prompt_file), e.g. "
                              "'Describe this image in one sentence.'")
@@ -92,7 +92,9 @@ class EndpointCaptioner:
         base_url = spec.base_url
         if spec.server != "external":
             command = (list(spec.server_command) or COMMANDS[spec.server]) + list(spec.server_args)
-            self.server = ManagedServer(command, model, spec.server_python, spec.health_timeout_s, log_dir)
+            # one server per rank / Ray actor, on that rank's GPU
+            self.server = ManagedServer(command, model, spec.server_python, spec.health_timeout_s, log_dir,
+                                        env=gpu_env(device))
             base_url = self.server.start()
         elif not base_url:
             raise ValueError("captioner.endpoint.server=external needs captioner.endpoint.base_url")

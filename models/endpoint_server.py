@@ -62,6 +62,16 @@ def _start_session_with_deathsig() -> None:  # pragma: no cover - runs in the ch
         _PRCTL(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def gpu_env(device: str | None) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` that gives a server the GPU of a rank's ``device`` ("cuda:1"), read
+    through the rank's own visible list (Ray and schedulers set one); nothing for a CPU device."""
+    if not device or not str(device).startswith("cuda"):
+        return {}
+    index = int(str(device).partition(":")[2] or 0)
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return {"CUDA_VISIBLE_DEVICES": visible[index] if index < len(visible) else str(index)}
+
+
 class ManagedServer:
     """One server process group on 127.0.0.1, started, health-checked, restarted and stopped."""
 

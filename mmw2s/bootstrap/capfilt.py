@@ -96,7 +96,7 @@ class CapFilt:
         bf16 = cfg.precision == "bf16" and torch.device(device).type == "cuda"
         try:
             captioner = build_captioner(cfg.captioner, auto_dtype="bfloat16" if bf16 else "float32",
-                                        run_dir=cfg.out) if generate else None
+                                        run_dir=cfg.out, device=device) if generate else None
         except CaptionerLoadError as exn:
             raise StageError(f"captioner: {exn}") from None
         spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm

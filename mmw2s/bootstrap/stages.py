@@ -20,7 +20,8 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 from data_pipelines.shards import ShardEnd, Skip, shard_name
 from models.captioner_protocol import EncodedImage
@@ -139,17 +140,26 @@ def sample_seed(seed: int, url: str, key: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**31 - 1)
 
 
-def encoded_images(seed: int, batch: Batch) -> list[EncodedImage]:
-    """The batch's images as their original bytes, each with its own seed (endpoint captioners)."""
-    name = shard_name(batch.url)
-    return [EncodedImage(s["__key__"], name, s["image_bytes"], s["image_ext"], sample_seed(seed, batch.url, s["__key__"]))
-            for s in batch.samples]
+class EncodedImages(Sequence):
+    """The batch's images as their original bytes, each with its own seed (what an endpoint
+    captioner reads), made on access: captioners that read tensors never pay for them."""
+
+    def __init__(self, seed: int, batch: Batch) -> None:
+        self.seed, self.batch, self.name = seed, batch, shard_name(batch.url)
+
+    def __len__(self) -> int:
+        return len(self.batch.samples)
+
+    def __getitem__(self, i: int) -> EncodedImage:  # type: ignore[override]
+        s = self.batch.samples[i]
+        return EncodedImage(s["__key__"], self.name, s["image_bytes"], s["image_ext"],
+                            sample_seed(self.seed, self.batch.url, s["__key__"]))
 
 
 def caption_batch(caption: CaptionFn, batch: Batch, seed: int) -> list[list[str]]:
     """The captioner's captions of one batch: its inputs plus, under `images`, the original bytes
     with per-sample seeds (references into the batch: no copy), seeded per batch."""
-    batch.inputs["images"] = encoded_images(seed, batch)
+    batch.inputs["images"] = EncodedImages(seed, batch)
     return [list(caps) for caps in caption(batch.inputs, batch_seed(seed, batch))]
 
 
