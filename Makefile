@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast clean vllm-venv
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# vLLM in its own venv (its torch and transformers pins conflict with ours): the endpoint captioner's
+# managed server runs under .venv-vllm/bin/python (captioner.endpoint.server_python).
+VLLM_VENV ?= .venv-vllm
+vllm-venv: $(VLLM_VENV)/.installed-vllm
+
+$(VLLM_VENV)/.installed-vllm: scripts/vllm_venv.sh
+	PYTHON=$(PYTHON) bash scripts/vllm_venv.sh $(VLLM_VENV)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -24,25 +24,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import mimetypes
-import threading
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from .captioner_protocol import EncodedImage, InvalidCaption
-from .endpoint_server import COMMANDS, ManagedServer, gpu_env
-from .openai_client import ChatClient, ChatResult, ResponseCache, RetryPolicy, Usage, cache_key
+from .captioner_protocol import EncodedImage
+from .endpoint_session import EndpointError, EndpointSession
 from .specs import EndpointSpec
+
+__all__ = ["EndpointCaptioner", "EndpointError", "data_url", "decoding_params"]
 
 MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
         "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
-FATAL_STATUS = (401, 403, 404)  # a wrong key, URL or model: every request would fail alike
-
-
-class EndpointError(RuntimeError):
-    """Requests that cannot succeed: retries exhausted, a dead external server, a wrong key or model."""
-
 
 def data_url(image: EncodedImage) -> str:
     """``data:MIME;base64,...`` of the image's original bytes."""
@@ -87,52 +79,18 @@ class EndpointCaptioner:
         if not (prompt or "").strip():
             raise ValueError("an endpoint captioner needs captioner.prompt (or prompt_file), e.g. "
                              "'Describe this image in one sentence.'")
-        self.spec, self.prompt = spec, prompt.strip()
-        self.server: ManagedServer | None = None
-        base_url = spec.base_url
-        if spec.server != "external":
-            command = (list(spec.server_command) or COMMANDS[spec.server]) + list(spec.server_args)
-            # one server per rank / Ray actor, on that rank's GPU
-            self.server = ManagedServer(command, model, spec.server_python, spec.health_timeout_s, log_dir,
-                                        env=gpu_env(device))
-            base_url = self.server.start()
-        elif not base_url:
-            raise ValueError("captioner.endpoint.server=external needs captioner.endpoint.base_url")
-        policy = RetryPolicy(spec.timeout_s, spec.max_attempts, spec.backoff_base_s, spec.backoff_max_s, spec.jitter)
-        self.client = ChatClient(base_url, spec.api_key_env, policy, before_retry=self._revive)
-        self.cache = ResponseCache(cache_dir) if spec.cache and cache_dir else None
-        self.send_min_tokens = spec.min_tokens if spec.min_tokens is not None else spec.server != "external"
-        self.model_name, self.served = model, self._server_facts(model)
-        self.pool = ThreadPoolExecutor(max_workers=spec.concurrency, thread_name_prefix="captioner-endpoint")
-        self.restarts = 0
-        self._lock = threading.Lock()
-        self._usage: dict[str, Usage] = defaultdict(Usage)  # per input shard
+        self.prompt = prompt.strip()
+        self.session = EndpointSession(spec, model, cache_dir, log_dir, device)
 
-    # ---- the server ----------------------------------------------------------------------------
-    def _server_facts(self, model: str) -> dict:
-        """The model id as ``/v1/models`` reports it, and the server's version (``/version``)."""
-        ids = self.client.model_ids()
-        if ids and model not in ids:
-            raise EndpointError(f"the server at captioner.endpoint.base_url serves {ids}, not captioner.name={model!r}")
-        version = self.client.root_json("/version")
-        return {"model_id": model if model in ids else None,
-                "version": version.get("version") if isinstance(version, dict) else None}
+    @property
+    def server(self):
+        """The managed server (None: external)."""
+        return self.session.server
 
-    def _revive(self, exn: Exception) -> None:
-        """Before retrying a failed connection: restart a managed server that died."""
-        if self.server is None or self.server.alive():
-            return
-        with self._lock:
-            if self.server.alive():
-                return
-            if self.restarts >= self.spec.max_restarts:
-                raise EndpointError(f"the managed server died {self.restarts + 1} times "
-                                    f"(captioner.endpoint.max_restarts={self.spec.max_restarts}); the end of its "
-                                    f"log:\n{self.server.log_tail()}") from exn
-            self.restarts += 1
-            self.client.client.base_url = self.server.restart()
+    @property
+    def restarts(self) -> int:
+        return self.session.restarts
 
-    # ---- the interface ---------------------------------------------------------------------------
     def input_builder(self) -> None:
         """Nothing runs in data-loader workers: the server decodes the original bytes itself."""
         return None
@@ -146,68 +104,22 @@ class EndpointCaptioner:
         caption never depends on the other images of its batch.
         """
         params = decoding_params(method, num_captions, top_p, max_new_tokens, min_new_tokens,
-                                 self.send_min_tokens, repetition_penalty)
-        return list(self.pool.map(lambda image: self._caption_one(image, params), inputs))
+                                 self.session.send_min_tokens, repetition_penalty)
+        return self.session.map(lambda image: self._caption_one(image, params), inputs)
 
     def _caption_one(self, image: EncodedImage, params: dict) -> list[str]:
-        key = self._cache_key(image, params)
-        hit = self.cache.get(key) if self.cache is not None else None
-        if hit is not None:
-            self._tally(image.shard, Usage(cache_hits=1))
-            return [InvalidCaption(c["text"], c["invalid"]) if c.get("invalid") else c["text"] for c in hit["captions"]]
-        result = self.client.complete(self.model_name, self._messages(image), seed=image.seed, **params)
-        # per request, its own tries and tokens (the client's totals mix concurrent requests)
-        self._tally(image.shard, Usage(requests=result.attempts, retries=max(0, result.attempts - 1),
-                                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens))
-        captions = self._captions(image, result, params["n"])
-        if self.cache is not None and result.status == "ok":
-            self.cache.put(key, {"captions": [{"text": str(c), "invalid": getattr(c, "invalid", None)}
-                                              for c in captions],
-                                 "model": self.model_name, "prompt_tokens": result.prompt_tokens,
-                                 "completion_tokens": result.completion_tokens})
-        return captions
-
-    def _captions(self, image: EncodedImage, result: ChatResult, n: int) -> list[str]:
-        """Captions of one answer; refusals and failures become `InvalidCaption`s or an error."""
-        if result.status == "failed":
-            raise EndpointError(f"{image.shard}/{image.key}: no answer after {result.attempts} tries: {result.error}")
-        if result.status == "rejected":
-            if any(f"Error code: {code}" in (result.error or "") for code in FATAL_STATUS):
-                raise EndpointError(f"the endpoint refuses every request: {result.error}")
-            return [InvalidCaption("", "rejected")] * n
-        if result.status == "malformed":
-            return [InvalidCaption("", "malformed")] * n
-        out: list[str] = []
-        for choice in result.choices[:n]:
-            if choice.refusal or choice.finish_reason == "content_filter":
-                out.append(InvalidCaption((choice.refusal or choice.text or "").strip(), "refused"))
-            else:
-                out.append(choice.text.strip())
-        return out + [InvalidCaption("", "malformed")] * (n - len(out))  # fewer choices than asked
-
-    def _messages(self, image: EncodedImage) -> list[dict]:
-        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
-                                             {"type": "text", "text": self.prompt}]}]
-
-    def _cache_key(self, image: EncodedImage, params: dict) -> str:
-        content = {"prompt": self.prompt, "image_sha256": hashlib.sha256(image.data).hexdigest()}
-        return cache_key(content, self.model_name, {**params, "seed": image.seed})
-
-    # ---- counters ----------------------------------------------------------------------------------
-    def _tally(self, shard: str, usage: Usage) -> None:
-        with self._lock:
-            self._usage[shard].add(usage)
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                                 {"type": "text", "text": self.prompt}]}]
+        key = {"prompt": self.prompt, "image_sha256": hashlib.sha256(image.data).hexdigest()}
+        return self.session.ask(messages, key, image.seed, params, image.shard, f"{image.shard}/{image.key}")
 
     def shard_usage(self, shard: str) -> dict:
         """Requests, retries, cache hits and tokens spent on input shard ``shard`` (then forgotten)."""
-        with self._lock:
-            usage = self._usage.pop(shard, Usage())
-        return {**usage.to_json(), "server_restarts": self.restarts}
+        return self.session.shard_usage(shard)
 
     def provenance(self) -> dict:
         """Model id as the server reports it, server kind and version, prompt; never a URL or key."""
-        return {"kind": "endpoint", "server": self.spec.server, "server_version": self.served["version"],
-                "model_id": self.served["model_id"], "prompt": self.prompt}
+        return {"kind": "endpoint", **self.session.facts, "prompt": self.prompt}
 
     def save(self, path: str | Path) -> None:
         """Nothing to save: the weights live with the server (``captioner.name`` names them)."""
@@ -215,7 +127,4 @@ class EndpointCaptioner:
 
     def close(self) -> None:
         """Stop the threads, the connections and a managed server."""
-        self.pool.shutdown(wait=True)
-        self.client.close()
-        if self.server is not None:
-            self.server.stop()
+        self.session.close()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from data_pipelines.shards import ShardEnd, Skip, shard_name
