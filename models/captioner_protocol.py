@@ -77,17 +77,24 @@ def require_trainable(captioner: Any, what: str) -> Any:
                             f"log_likelihood); a {kind} captioner only captions")
 
 
-class InvalidCaption(str):
-    """A caption that can never be kept, with the reason a captioner knows and a text check cannot
-    (``refused``: the model refused; ``malformed``: the answer was no completion; ``rejected``: the
-    server refused the request). The text is what came back (the refusal message, or empty)."""
+class Caption(str):
+    """A caption with what a text check cannot know: why it can never be kept (``invalid``:
+    ``refused``, the model refused; ``malformed``, the answer was no completion; ``rejected``, the
+    server refused the request) and which source wrote it (``source``: ``rewrite`` for LaCLIP-style
+    rewrites of the web caption; None for the captioner's own)."""
 
-    invalid: str
+    invalid: str | None
+    source: str | None
 
-    def __new__(cls, text: str, reason: str) -> "InvalidCaption":
+    def __new__(cls, text: str, invalid: str | None = None, source: str | None = None) -> "Caption":
         obj = super().__new__(cls, text)
-        obj.invalid = reason
+        obj.invalid, obj.source = invalid, source
         return obj
 
-    def __reduce__(self) -> tuple:  # pickles (DataLoader, Ray) with its reason
-        return (InvalidCaption, (str(self), self.invalid))
+    def __reduce__(self) -> tuple:  # pickles (DataLoader, Ray) with its tags
+        return (Caption, (str(self), self.invalid, self.source))
+
+
+def InvalidCaption(text: str, reason: str) -> Caption:  # noqa: N802 - reads as the type it makes
+    """A `Caption` that can never be kept, for ``reason``."""
+    return Caption(text, invalid=reason)

@@ -31,12 +31,19 @@ def fake_caption(image_sha: str, seed: int | None, index: int) -> str:
     return f"a {COLORS[d[0] % len(COLORS)]} {SHAPES[d[1] % len(SHAPES)]} next to a {COLORS[d[2] % len(COLORS)]} one"
 
 
-def image_sha(body: dict) -> str:
-    """SHA-256 of the decoded bytes of the request's data: URL."""
-    for part in body["messages"][-1]["content"]:
+def fake_rewrite(text: str, seed: int | None, index: int) -> str:
+    """What the fake LLM writes when asked to rewrite ``text`` (a text-only request)."""
+    d = hashlib.sha256(f"{text}:{seed}:{index}".encode()).digest()
+    return f"{COLORS[d[0] % len(COLORS)]} rewrite of: {text}"
+
+
+def image_sha(body: dict) -> str | None:
+    """SHA-256 of the decoded bytes of the request's data: URL (None: a text-only request)."""
+    content = body["messages"][-1]["content"]
+    for part in content if isinstance(content, list) else []:
         if part.get("type") == "image_url":
             return hashlib.sha256(base64.b64decode(part["image_url"]["url"].split(",", 1)[1])).hexdigest()
-    raise ValueError("no image in the request")
+    return None
 
 
 class FakeOpenAI:
@@ -102,25 +109,27 @@ class FakeOpenAI:
             return send(h, 500, {"error": {"message": "oops", "type": "server_error"}})
         if fault == "slow":
             time.sleep(self.slow_s)
-        behaviour = self.per_image.get(sha, "ok")
+        behaviour = self.per_image.get(sha, "ok") if sha else "ok"
         if fault == "not_json" or behaviour == "malformed":
             return send(h, 200, None, raw=b"{this is not json")
         self.answer(h, body, sha, behaviour)
 
     def answer(self, h: BaseHTTPRequestHandler, body: dict, sha: str, behaviour: str) -> None:
         seed = body.get("seed") if body.get("temperature", 1.0) > 0 else None
-        prompt = body["messages"][-1]["content"][-1]["text"]
+        last = body["messages"][-1]["content"]
+        prompt = last if sha is None else last[-1]["text"]
         choices = []
         for i in range(body.get("n", 1)):
-            text = {"echo": prompt, "markup": "<|im_end|>", "empty": "  ",
-                    "content_filter": ""}.get(behaviour) or fake_caption(sha, seed, i)
+            made = fake_rewrite(prompt, seed, i) if sha is None else fake_caption(sha, seed, i)
+            text = {"echo": prompt, "markup": "<|im_end|>", "empty": "  ", "content_filter": ""}.get(behaviour) or made
             message = {"role": "assistant", "content": text}
             if behaviour == "refuse":
                 message = {"role": "assistant", "content": None, "refusal": "I can't describe this image."}
             reason = "content_filter" if behaviour == "content_filter" else "stop"
             choices.append({"index": i, "finish_reason": reason, "message": message})
         with self.lock:
-            self.seeds.setdefault(sha, set()).add(body.get("seed"))
+            self.seeds.setdefault(sha or prompt, set()).add(body.get("seed"))
+            self.last_body = body
             self.answered += 1
             dying = self.die_after is not None and self.answered >= self.die_after and not (
                 self.die_once_file and Path(self.die_once_file).exists())

@@ -363,3 +363,56 @@ def test_bootstrap_through_a_managed_server_that_dies_once(world, clip, referenc
     assert synthetic_captions(tmp_path / "out") == synthetic_captions(reference)
     assert json.loads(_first_json(tmp_path / "out"))["mmw2s"]["captioner"]["server"] == "vllm"
     assert list((tmp_path / "out" / "logs").glob("server-*.log"))
+
+
+# --------------------------------------------------------------------------------------------
+# LaCLIP-style rewriting: a third caption source through the same client
+
+
+def test_rewrites_are_scored_kept_and_recorded_as_a_third_source(world, clip, tmp_path):
+    from tests.fake_openai_server import fake_rewrite
+
+    server = FakeOpenAI().start()
+    try:
+        summary = run_bootstrap(world, clip, tmp_path, "rewrite.num_rewrites=2", "rewrite.exemplars=2",
+                                f"rewrite.prompt_file={ROOT / 'configs/prompts/rewrite/laclip.yaml'}",
+                                "thresholds.synthetic=-1", "selection.choose=synthetic_first",
+                                base_url=server.url)
+        messages = server.last_body["messages"]
+    finally:
+        server.close()
+    # the instruction, k=2 exemplar exchanges, then the web caption to rewrite
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert server.chat_requests == 24 * 2  # one caption request and one rewrite request per image
+    samples = {}
+    for path in sorted((tmp_path / "shards").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    samples[m.name] = json.loads(tar.extractfile(m).read())
+    meta = next(iter(samples.values()))
+    block = meta["mmw2s"]
+    assert [e.get("source") for e in block["synthetic"]] == [None, None, "rewrite", "rewrite"]
+    web = block["web_caption"]
+    rewrites = [e["caption"] for e in block["synthetic"][2:]]
+    assert all(r.endswith(f"rewrite of: {web}") for r in rewrites) and all(e["kept"] for e in block["synthetic"])
+    assert block["rewrite"]["exemplars"] == 2 and block["rewrite"]["model_id"] == "fake-vlm"
+    chosen = {m["mmw2s"]["chosen_source"] for m in samples.values()}
+    assert chosen <= {"synthetic", "rewrite"} and summary["synthetic"] == 24 * 4
+    assert fake_rewrite  # the fake writes "COLOR rewrite of: CAPTION"
+    # the browser shows them, labelled
+    from mmw2s.browse.extract import card
+
+    shown = card({"json": meta, "__key__": "k"})
+    assert [s["source"] for s in shown["synthetic"]] == ["synthetic", "synthetic", "rewrite", "rewrite"]
+
+
+def test_a_rewrite_prompt_file_without_its_fields_is_named_in_the_error(tmp_path):
+    from models.endpoint_rewriter import load_rewrite_prompt
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("instruction: rewrite\nexemplars:\n  - caption: a\n")
+    with pytest.raises(ValueError, match=f"{bad}: exemplar 0 needs text 'caption' and 'rewrite'"):
+        load_rewrite_prompt(bad)
+    prompt = load_rewrite_prompt(ROOT / "configs" / "prompts" / "rewrite" / "laclip.yaml")
+    assert len(prompt.exemplars) == 8 and prompt.instruction.startswith("Rewrite the image caption")

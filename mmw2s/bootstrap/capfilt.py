@@ -66,6 +66,7 @@ class CapFilt:
         self.device = torch.device(device)
         self.bf16 = bf16 and self.device.type == "cuda"
         self.captioner_name, self.filter_name = names
+        self.rewriter = None  # LaCLIP-style rewrites of the web captions (`from_config` sets it)
         self.mode = filt.mode if kind == "blip" else "clip"
         for wrapper in (captioner, filt):
             model = getattr(wrapper, "model", None)  # an endpoint captioner holds no model here
@@ -99,42 +100,68 @@ class CapFilt:
                                         run_dir=cfg.out, device=device) if generate else None
         except CaptionerLoadError as exn:
             raise StageError(f"captioner: {exn}") from None
+        try:
+            rewriter = build_rewriter(cfg, captioner, device)
+        except (ValueError, RuntimeError) as exn:  # a bad prompt file, a server that never came up
+            raise StageError(f"rewrite: {exn}") from None
         spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
         filt = build_filter(spec)
         if cfg.filter.kind == "clip":
             filter_name = spec.arch + (f":{spec.pretrained}" if spec.pretrained else "")
         else:
             filter_name = spec.name
-        return cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
-                   names=(cfg.captioner.name if generate else None, filter_name))
+        models = cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
+                     names=(cfg.captioner.name if generate else None, filter_name))
+        models.rewriter = rewriter
+        return models
 
     def provenance(self, cfg: BootstrapConfig) -> dict:
         """The fixed fields of every sample's `mmw2s` block."""
         captioner = {"name": self.captioner_name, "decoding": asdict(self.decoding)}
         if hasattr(self.captioner, "provenance"):  # prompted VLMs: prompt, chat template, revision
             captioner.update(self.captioner.provenance())
-        return {"captioner": captioner,
-                "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+        block = {"captioner": captioner, "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+        if self.rewriter is not None:
+            block["rewrite"] = self.rewriter.provenance()
+        return block
 
     def shard_usage(self, url: str) -> dict:
-        """What the captioner spent on input shard `url` (an endpoint's requests, retries, cache hits,
-        tokens), for its stats; empty for in-process captioners."""
+        """What the endpoints spent on input shard `url` (requests, retries, cache hits, tokens), for
+        its stats; empty for in-process captioners."""
+        out = {}
         usage = getattr(self.captioner, "shard_usage", None)
-        return {"endpoint": usage(shard_name(url))} if usage is not None else {}
+        if usage is not None:
+            out["endpoint"] = usage(shard_name(url))
+        if self.rewriter is not None and self.rewriter.session is not getattr(self.captioner, "session", None):
+            out["rewrite_endpoint"] = self.rewriter.session.shard_usage(shard_name(url))
+        return out
 
     def close(self) -> None:
-        """Release what the captioner holds outside this process (an endpoint's server and threads)."""
+        """Release what the models hold outside this process (an endpoint's server and threads)."""
         if hasattr(self.captioner, "close"):
             self.captioner.close()
+        if self.rewriter is not None and self.rewriter.session is not getattr(self.captioner, "session", None):
+            self.rewriter.session.close()
 
     def _autocast(self):
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def caption(self, inputs: dict, seed: int) -> list[list[str]]:
-        """`decoding.num_captions` captions per image of the batch (none without a captioner)."""
+        """`decoding.num_captions` captions per image of the batch (none without a captioner), then
+        the rewrites of its web caption when rewriting is on (tagged `source="rewrite"`)."""
+        rows = self._caption(inputs, seed)
+        if self.rewriter is None:
+            return rows
+        from models.endpoint_rewriter import RewriteRequest
+
+        requests = [RewriteRequest(im.key, im.shard, text, (im.seed * 1_000_003 + 7) % 2**31)  # not the caption's seed
+                    for im, text in zip(inputs["images"], inputs["web_captions"])]
+        return [list(row) + rewrites for row, rewrites in zip(rows, self.rewriter.rewrite(requests))]
+
+    @torch.inference_mode()
+    def _caption(self, inputs: dict, seed: int) -> list[list[str]]:
         d = self.decoding
         if self.captioner is None:
             return [[] for _ in range(len(inputs["filter"]))]
@@ -190,6 +217,26 @@ class CapFilt:
         hidden = model.text_encoder(**tokens, encoder_hidden_states=states,
                                     encoder_attention_mask=atts).last_hidden_state  # (T, L, D)
         return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)
+
+
+def build_rewriter(cfg: BootstrapConfig, captioner: Any, device: Any) -> Any:
+    """The LaCLIP-style rewriter a config asks for (None: no rewriting): on the endpoint captioner's
+    own session (server, cache, counters) unless `rewrite.model` names another LLM and endpoint."""
+    rw = cfg.rewrite
+    if rw.num_rewrites == 0:
+        return None
+    from pathlib import Path
+
+    from models.endpoint_rewriter import EndpointRewriter, load_rewrite_prompt
+    from models.endpoint_session import EndpointSession
+
+    session = getattr(captioner, "session", None)
+    if rw.model is not None or session is None:
+        ep = rw.endpoint
+        session = EndpointSession(ep, rw.model, ep.cache_dir or Path(cfg.out) / "cache" / "rewrites",
+                                  Path(cfg.out) / "logs", str(device))
+    return EndpointRewriter(session, load_rewrite_prompt(rw.prompt_file), rw.exemplars, rw.num_rewrites,
+                            rw.temperature, rw.top_p, rw.max_new_tokens)
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
+from models.specs import CaptionerSpec, DualEncoderSpec, EndpointSpec, ItmSpec
 
 
 @dataclass
@@ -115,6 +115,39 @@ class RayConfig:
 
 
 @dataclass
+class RewriteConfig:
+    """LaCLIP-style rewrites of each web caption by an LLM behind an OpenAI-compatible endpoint: a third
+    caption source, scored and kept by the filter like synthetic captions (`source: rewrite`)."""
+
+    num_rewrites: int = field(default=0, metadata={"help": "rewrites per web caption; 0: no rewriting"})
+    prompt_file: str = field(default="configs/prompts/rewrite/laclip.yaml", metadata={
+        "help": "instruction + pool of (caption, rewrite) exemplar pairs, YAML"})
+    exemplars: int = field(default=3, metadata={"help": "exemplar pairs in context per request (LaCLIP: k), drawn "
+                                                        "from the pool with the sample's seed"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0: greedy"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass"})
+    max_new_tokens: int = field(default=77, metadata={"help": "longest rewrite in tokens"})
+    model: Optional[str] = field(default=None, metadata={
+        "help": "the LLM; null: the endpoint captioner's own model and server"})
+    endpoint: EndpointSpec = field(default_factory=EndpointSpec, metadata={
+        "help": "the server when rewrite.model is set (same keys as captioner.endpoint)"})
+
+    def validate(self) -> None:
+        """Raise ValueError for rewrites that cannot run or have no prompt file."""
+        from pathlib import Path
+
+        if self.num_rewrites < 0 or self.exemplars < 0 or self.max_new_tokens < 1 or self.temperature < 0:
+            raise ValueError("rewrite.num_rewrites and exemplars must be >= 0, max_new_tokens >= 1, temperature >= 0")
+        if self.num_rewrites == 0:
+            return
+        if self.temperature == 0 and self.num_rewrites > 1:
+            raise ValueError("greedy rewriting (temperature 0) gives one rewrite per caption: set num_rewrites=1")
+        if not Path(self.prompt_file).is_file():
+            raise ValueError(f"rewrite.prompt_file={self.prompt_file}: no such file (a relative path is read from "
+                             f"the current directory, {Path.cwd()})")
+
+
+@dataclass
 class BootstrapConfig:
     """`mmw2s bootstrap`: CapFilt over webdataset shards."""
 
@@ -153,6 +186,8 @@ class BootstrapConfig:
         default="local", metadata={"help": "local: this process or `accelerate launch` ranks (static split); "
                                            "ray: a pool of Ray actors fed shard by shard (pip install -e .[ray])"})
     ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "engine=ray"})
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig, metadata={
+        "help": "LaCLIP-style rewrites of the web captions (a third caption source)"})
 
     def validate(self) -> None:
         """Raise ValueError for sizes that cannot run."""
@@ -171,6 +206,11 @@ class BootstrapConfig:
         self.filter.validate()
         self.thresholds.validate()
         self.ray.validate()
+        self.rewrite.validate()
+        if self.rewrite.num_rewrites and self.rewrite.model is None and (
+                self.captioner.kind != "endpoint" or self.decoding.num_captions == 0):
+            raise ValueError("rewrite.num_rewrites > 0 needs an LLM endpoint: set rewrite.model (and rewrite.endpoint), "
+                             "or caption with captioner.kind=endpoint, whose model then rewrites too")
 
 
 def validate_captioner(spec: CaptionerSpec) -> None:
@@ -235,3 +275,19 @@ def captioner_key(spec: CaptionerSpec) -> dict:
         return key
     key["endpoint"] = {k: v for k, v in endpoint.items() if k not in _TRANSPORT}
     return key
+
+
+def rewrite_key(cfg: "BootstrapConfig") -> dict:
+    """The rewrite settings that decide output, for the run fingerprint ({} without rewrites, so
+    runs without them key as before); the prompt file by its content."""
+    import hashlib
+    from dataclasses import asdict
+    from pathlib import Path
+
+    rw = cfg.rewrite
+    if rw.num_rewrites == 0:
+        return {}
+    key = {k: v for k, v in asdict(rw).items() if k not in ("endpoint", "prompt_file")}
+    key["endpoint"] = {k: v for k, v in asdict(rw.endpoint).items() if k not in _TRANSPORT} if rw.model else None
+    key["prompt_sha256"] = hashlib.sha256(Path(rw.prompt_file).read_bytes()).hexdigest()
+    return {"rewrite": key}

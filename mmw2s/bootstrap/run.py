@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from data_pipelines.shards import expand_urls, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
-from mmw2s.bootstrap.config import BootstrapConfig, captioner_key
+from mmw2s.bootstrap.config import BootstrapConfig, captioner_key, rewrite_key
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
@@ -90,7 +90,7 @@ def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
             "thresholds": thresholds.record(), "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
-            "captions": [cfg.max_caption_chars, cfg.long_captions]}
+            "captions": [cfg.max_caption_chars, cfg.long_captions], **rewrite_key(cfg)}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -158,8 +158,10 @@ class EncodedImages(Sequence):
 
 def caption_batch(caption: CaptionFn, batch: Batch, seed: int) -> list[list[str]]:
     """The captioner's captions of one batch: its inputs plus, under `images`, the original bytes
-    with per-sample seeds (references into the batch: no copy), seeded per batch."""
+    with per-sample seeds (references into the batch: no copy) and, under `web_captions`, the web
+    captions (for LaCLIP-style rewrites), seeded per batch."""
     batch.inputs["images"] = EncodedImages(seed, batch)
+    batch.inputs["web_captions"] = [s["caption"] for s in batch.samples]  # what a rewriter rewrites
     return [list(caps) for caps in caption(batch.inputs, batch_seed(seed, batch))]
 
 
@@ -244,6 +246,8 @@ def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthet
     syn = []
     for c, s in zip(synthetic, synthetic_scores):
         entry = {"caption": str(c), "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
+        if getattr(c, "source", None):  # a LaCLIP-style rewrite of the web caption
+            entry["source"] = c.source
         reason = getattr(c, "invalid", None) or invalid_caption(c, prompt)
         if reason:
             entry.update(kept=False, invalid=reason)
@@ -251,10 +255,11 @@ def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthet
     kept_syn = [x for x in syn if x["kept"]]
     best_syn = max(kept_syn, key=lambda x: x["score"], default=None)  # first of equals wins
     web = {"caption": web_caption, "score": web_score} if web_kept else None
-    order = {"web_first": [("web", web), ("synthetic", best_syn)],
-             "synthetic_first": [("synthetic", best_syn), ("web", web)]}.get(selection.choose)
+    syn_source = best_syn.get("source", "synthetic") if best_syn else "synthetic"
+    order = {"web_first": [("web", web), (syn_source, best_syn)],
+             "synthetic_first": [(syn_source, best_syn), ("web", web)]}.get(selection.choose)
     if order is None:  # "best": the highest score among kept captions; the web caption wins ties
-        candidates = [c for c in [("web", web), ("synthetic", best_syn)] if c[1] is not None]
+        candidates = [c for c in [("web", web), (syn_source, best_syn)] if c[1] is not None]
         order = sorted(candidates, key=lambda c: -c[1]["score"])
     source, pick = next(((s, p) for s, p in order if p is not None), (None, None))
     return {

@@ -82,6 +82,7 @@ class ShardTally:
             "skipped_samples": self.skipped_samples, "changed_by_reason": end.changed,
             "web_kept": self.web_kept, "synthetic": self.synthetic, "synthetic_kept": self.synthetic_kept,
             "chosen_web": self.chosen["web"], "chosen_synthetic": self.chosen["synthetic"],
+            **({"chosen_rewrite": self.chosen["rewrite"]} if self.chosen["rewrite"] else {}),
             "nothing_kept": self.nothing_kept, "dropped": self.dropped, "written": self.written,
             "synthetic_invalid": sum(self.synthetic_invalid.values()),
             "synthetic_invalid_by_reason": dict(self.synthetic_invalid), "filter_truncated": self.filter_truncated,
