@@ -25,39 +25,6 @@ pytestmark = [
 ]
 
 
-def tiny_qwen2_vl(folder: Path, words: list[str]) -> Path:
-    """A random Qwen2-VL that vLLM's CPU attention accepts: text head_dim 32 (it rejects 16 and less)."""
-    from models import vlm_tiny
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    special = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok = vlm_tiny.word_tokenizer(words, special, vlm_tiny.QWEN_TEMPLATE, image_token="<|image_pad|>",
-                                  video_token="<|video_pad|>")
-    ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
-        image_token_id="<|image_pad|>", video_token_id="<|video_pad|>", vision_start_token_id="<|vision_start|>",
-        vision_end_token_id="<|vision_end|>").items()}
-    text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=1024, vocab_size=len(tok),
-                bos_token_id=tok.convert_tokens_to_ids("<s>"), pad_token_id=tok.convert_tokens_to_ids("<pad>"),
-                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), tie_word_embeddings=False,
-                rope_parameters={"rope_type": "default", "mrope_section": [8, 4, 4], "rope_theta": 10000.0})
-    config = Qwen2VLConfig(text_config=text, vision_config=dict(depth=1, embed_dim=64, hidden_size=128, num_heads=2,
-                                                                patch_size=14, spatial_merge_size=2,
-                                                                temporal_patch_size=2), **ids)
-    import torch
-
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id = text["eos_token_id"], text["pad_token_id"]
-    processor = Qwen2VLProcessor(Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=4 * 28 * 28), tok,
-                                 Qwen2VLVideoProcessor(), chat_template=vlm_tiny.QWEN_TEMPLATE)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def synthetic(out: Path) -> dict[str, list[str]]:
     found = {}
     for path in sorted((out / "shards").glob("*.tar")):
@@ -72,12 +39,13 @@ def test_bootstrap_through_a_real_vllm_server_is_deterministic(tmp_path):
     from data_pipelines.shards import iter_samples
     from data_pipelines.world import SplitConfig, WorldConfig, generate_world
     from models import DualEncoderSpec, build_dual_encoder
+    from models.vlm_tiny import build_tiny_vlm
 
     generate_world(WorldConfig(out=str(tmp_path / "world"), workers=1, samples_per_shard=4, clean=SplitConfig(0),
                                web=SplitConfig(8), test=SplitConfig(0)))
     world = tmp_path / "world" / "web"
     words = sorted({w for s in iter_samples(str(world)) for w in s["caption"].lower().split()})
-    model = tiny_qwen2_vl(tmp_path / "qwen", words)
+    model = build_tiny_vlm("qwen2_vl_vllm", tmp_path / "qwen", words)
     build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny")).save(tmp_path / "clip")
     (tmp_path / "empty.yaml").write_text("{}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
