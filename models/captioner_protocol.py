@@ -74,7 +74,7 @@ def require_trainable(captioner: Any, what: str) -> Any:
         return captioner
     kind = getattr(captioner, "kind", type(captioner).__name__)
     raise NotTrainableError(f"{what} needs a trainable captioner (BLIP or VisionEncoderDecoder, with loss and "
-                            f"log_likelihood); a {kind} captioner only captions")
+                            f"log_likelihood); this {kind} captioner only captions")
 
 
 class Caption(str):

@@ -54,7 +54,8 @@ class FakeOpenAI:
         self.model, self.die_after, self.die_once_file, self.healthy = model, die_after, die_once_file, healthy
         self.faults: list[str] = []
         self.per_image: dict[str, str] = {}
-        self.slow_s = 1.0
+        self.slow_s = 1.0  # the "slow" fault
+        self.delay_s = 0.0  # every answer
         self.chat_requests = 0
         self.answered = 0
         self.stop_after: int | None = None  # in a thread: stop serving after this many answers
@@ -109,6 +110,7 @@ class FakeOpenAI:
             return send(h, 500, {"error": {"message": "oops", "type": "server_error"}})
         if fault == "slow":
             time.sleep(self.slow_s)
+        time.sleep(self.delay_s)
         behaviour = self.per_image.get(sha, "ok") if sha else "ok"
         if fault == "not_json" or behaviour == "malformed":
             return send(h, 200, None, raw=b"{this is not json")

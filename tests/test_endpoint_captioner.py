@@ -152,12 +152,16 @@ def test_answers_are_cached_by_image_prompt_decoding_and_seed(server, tmp_path):
 
 
 def test_training_refuses_an_endpoint_captioner(server):
+    from models import build_captioner
+
     captioner = EndpointCaptioner(spec(server), "fake-vlm", PROMPT)
     try:
-        with pytest.raises(NotTrainableError, match="a endpoint captioner only captions"):
+        with pytest.raises(NotTrainableError, match="this endpoint captioner only captions"):
             require_trainable(captioner, "mmw2s train task=captioner")
     finally:
         captioner.close()
+    blip = build_captioner(CaptionerSpec(name="blip-tiny"), ["a red circle", "a blue square"])
+    assert require_trainable(blip, "mmw2s train task=captioner") is blip
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,3 +420,42 @@ def test_a_rewrite_prompt_file_without_its_fields_is_named_in_the_error(tmp_path
         load_rewrite_prompt(bad)
     prompt = load_rewrite_prompt(ROOT / "configs" / "prompts" / "rewrite" / "laclip.yaml")
     assert len(prompt.exemplars) == 8 and prompt.instruction.startswith("Rewrite the image caption")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_byte_identical_and_asks_only_for_the_rest(world, clip, reference, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    server = FakeOpenAI().start()
+    server.delay_s = 0.15  # slow enough for the kill to land mid-run
+    out = tmp_path / "out"
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    cmd = [sys.executable, "-m", "mmw2s.cli", "bootstrap", "--config", str(tmp_path / "empty.yaml"),
+           f"input={world}", f"out={out}", "captioner.kind=endpoint", "captioner.name=fake-vlm",
+           f"captioner.prompt={PROMPT}", f"captioner.endpoint.base_url={server.url}", "captioner.endpoint.concurrency=1",
+           "filter.kind=clip", f"filter.dual_encoder.arch=local-dir:{clip}", "decoding.num_captions=2",
+           "decoding.max_new_tokens=12", "batch_size=4", "workers=0", "cpu_threads=1", "progress=false",
+           "selection.nothing_kept=flag"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        # kill once shard 00000 is complete and shard 00001 half asked for
+        while (server.chat_requests < 12 or not list(out.glob("shards/*_stats.json"))) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done = list(out.glob("shards/*_stats.json"))
+        assert 1 <= len(done) < 3, f"the kill did not land mid-run: {done}, {proc.stderr.read()[-2000:]}"
+        asked = server.chat_requests
+        cached = len(list((out / "cache" / "captions").glob("*/*.json")))
+        server.delay_s = 0.0
+        run_bootstrap(world, clip, out, "captioner.endpoint.concurrency=1", base_url=server.url)
+    finally:
+        server.close()
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert asked > 8 * len(done) and cached > 8 * len(done)  # the kill landed inside shard 00001
+    assert server.chat_requests - asked == 24 - cached  # what the killed run had answered came from the cache
