@@ -156,12 +156,25 @@ class EncodedImages(Sequence):
                             sample_seed(self.seed, self.batch.url, s["__key__"]))
 
 
+class WebCaptions(Sequence):
+    """The batch's web captions, read on access (a LaCLIP-style rewriter rewrites them)."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch.samples)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self.batch.samples[i]["caption"]
+
+
 def caption_batch(caption: CaptionFn, batch: Batch, seed: int) -> list[list[str]]:
     """The captioner's captions of one batch: its inputs plus, under `images`, the original bytes
     with per-sample seeds (references into the batch: no copy) and, under `web_captions`, the web
     captions (for LaCLIP-style rewrites), seeded per batch."""
     batch.inputs["images"] = EncodedImages(seed, batch)
-    batch.inputs["web_captions"] = [s["caption"] for s in batch.samples]  # what a rewriter rewrites
+    batch.inputs["web_captions"] = WebCaptions(batch)  # what a rewriter rewrites
     return [list(caps) for caps in caption(batch.inputs, batch_seed(seed, batch))]
 
 
