@@ -311,6 +311,7 @@ def test_reruns_request_nothing_and_the_api_key_never_reaches_disk(world, clip, 
             (tmp_path / "a" / "shards" / name).unlink()
         summary = run_bootstrap(world, clip, tmp_path / "a", *keyed, base_url=server.url)
         assert server.chat_requests == 24 and summary["images_this_run"] == 8
+        assert summary["endpoint"]["cache_hits"] == 8 and summary["endpoint"]["requests"] == 16  # 2 shards kept
         assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
         assert sum(s["endpoint"]["cache_hits"] for s in shard_stats(tmp_path / "b")) == 24
     finally:

@@ -219,6 +219,18 @@ class CapFilt:
         return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)
 
 
+def endpoint_totals(stats: list[dict]) -> dict:
+    """The endpoints' counters (requests, retries, cache hits, tokens) summed over shard stats, for
+    the run summary; {} when no shard has any (in-process captioners)."""
+    out = {}
+    for block in ("endpoint", "rewrite_endpoint"):
+        rows = [s[block] for s in stats if isinstance(s.get(block), dict)]
+        if rows:
+            keys = [k for k in rows[0] if k != "server_restarts"]  # per process, not per shard
+            out[block] = {k: sum(r.get(k, 0) for r in rows) for k in keys}
+    return out
+
+
 def build_rewriter(cfg: BootstrapConfig, captioner: Any, device: Any) -> Any:
     """The LaCLIP-style rewriter a config asks for (None: no rewriting): on the endpoint captioner's
     own session (server, cache, counters) unless `rewrite.model` names another LLM and endpoint."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 from data_pipelines.shards import expand_urls, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
+from mmw2s.bootstrap.capfilt import endpoint_totals
 from mmw2s.bootstrap.config import BootstrapConfig, captioner_key, rewrite_key
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
@@ -183,5 +184,5 @@ def summarize(out: Path, urls: list[str], thresholds: Thresholds, ranks: list[di
         "thresholds": thresholds.to_json(),
         "images_this_run": images, "seconds": seconds,
         "images_per_s": round(images / seconds, 2) if seconds > 0 and images else None,
-        "ranks": ranks, "ceiling": ceiling,
+        "ranks": ranks, "ceiling": ceiling, **endpoint_totals(stats),
     }
