@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, iter_samples, open_shard
+from data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, iter_samples
+from data_pipelines.tar_reader import tar_stream
 from data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, gold_caption, sample_scene
 from data_pipelines.world.scene import gold_plan, render_plan
 from data_pipelines.world.vocab import INVERSE_RELATION
@@ -48,7 +49,7 @@ RETRIEVAL = "zeroshot_retrieval"
 SELECTION = "image_caption_selection"
 CAPTIONING = "caption_accuracy"
 
-WORLD_SUITES = ("color", "shape", "size", "position", "count", "relation", "retrieval", "captions")
+WORLD_SUITES = ("color", "shape", "size", "position", "count", "relation", "retrieval", "captions", "captioning")
 COUNT_CLASSES = ("one object", "two objects", "three objects")
 COUNT_PROMPTS_PER_CLASS = 16
 COUNT_PROMPT_SEED = 1234  # fixed, so the count classifier is the same text for every model
@@ -104,8 +105,13 @@ def load_benchmark(spec: str, world: str | None = None) -> Benchmark:
         return read_wds_benchmark(arg)
     if kind == "imagefolder":
         return read_imagefolder(arg)
+    if kind in ("coco", "wds-captions"):
+        from data_pipelines.caption_benchmarks import load_caption_benchmark  # it imports this module
+
+        return load_caption_benchmark(spec)
     raise ValueError(f"unknown benchmark {spec!r}: use world:<{'|'.join(WORLD_SUITES)}>, "
-                     "wds:/path/to/clip_benchmark_folder or imagefolder:/path")
+                     "wds:/path/to/clip_benchmark_folder, imagefolder:/path, coco:ANNOTATIONS.json[:IMAGE_DIR] "
+                     "or wds-captions:/path/to/clip_benchmark_folder")
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +135,7 @@ def world_suite(world: str | os.PathLike, name: str, items: list[dict] | None = 
     """The world suite ``name`` (one of WORLD_SUITES) built from the test split of ``world``."""
     builders = {"color": _attribute_suite, "shape": _attribute_suite, "size": _attribute_suite,
                 "position": _position_suite, "count": _count_suite, "relation": _relation_suite,
-                "retrieval": _retrieval_suite, "captions": _captions_suite}
+                "retrieval": _retrieval_suite, "captions": _captions_suite, "captioning": _captioning_suite}
     if name not in builders:
         raise ValueError(f"unknown world suite {name!r}; choose from {', '.join(WORLD_SUITES)}")
     items = load_world_test(world) if items is None else items
@@ -249,6 +255,12 @@ def _retrieval_suite(name: str, items: list[dict]) -> Benchmark:
                      notes="gold captions of every object ordering as the positives of an image")
 
 
+def _captioning_suite(name: str, items: list[dict]) -> Benchmark:
+    from data_pipelines.caption_benchmarks import world_captioning  # it imports this module
+
+    return world_captioning(items)
+
+
 def _captions_suite(name: str, items: list[dict]) -> Benchmark:
     examples = [Example(it["image"], it["key"], texts=[it["gold_caption"]],
                         truth={"scene": it["scene"], "gold_caption": it["gold_caption"]}) for it in items]
@@ -340,7 +352,8 @@ def read_wds_benchmark(folder: str | os.PathLike, split: str = "test") -> Benchm
     kind = (read_lines(root / "dataset_type.txt") or ["classification"])[0].lower()
     name = f"wds:{root.name}"
     if kind == "retrieval":
-        return Benchmark(name, RETRIEVAL, lambda: _wds_examples(shards, "txt"), info={"shards": len(shards)})
+        return Benchmark(name, RETRIEVAL, lambda: _wds_examples(shards, "txt"),
+                         info={"shards": len(shards), "wds_shards": shards})
     if kind != "classification":
         raise ValueError(f"{root}/dataset_type.txt says {kind!r}; only classification and retrieval "
                          "are supported")
@@ -352,7 +365,7 @@ def read_wds_benchmark(folder: str | os.PathLike, split: str = "test") -> Benchm
         log.warning("%s has no zeroshot_classification_templates.txt; using %s", root, DEFAULT_TEMPLATES)
         templates = list(DEFAULT_TEMPLATES)
     return Benchmark(name, CLASSIFICATION, lambda: _wds_examples(shards, "cls"), classnames, templates,
-                     info={"shards": len(shards)})
+                     info={"shards": len(shards), "wds_shards": shards})
 
 
 def _wds_examples(shards: list[str], target: str) -> Iterator[Example]:
@@ -361,9 +374,9 @@ def _wds_examples(shards: list[str], target: str) -> Iterator[Example]:
         for raw in iter_tar_groups(url, frozenset(IMAGE_EXTS + ("cls", "txt"))):
             sample = decode_sample(raw, limits)
             if isinstance(sample, dict) and target in raw:
-                text = raw[target].decode("utf-8")
+                text = raw[target].decode("utf-8", errors="replace")
                 if target == "cls":
-                    yield Example(sample["image"], raw["__key__"], label=int(text.strip()))
+                    yield Example(sample["image"], raw["__key__"], label=parse_label(text, url, raw["__key__"]))
                 else:
                     yield Example(sample["image"], raw["__key__"], texts=[t for t in text.splitlines() if t.strip()])
             else:
@@ -371,31 +384,64 @@ def _wds_examples(shards: list[str], target: str) -> Iterator[Example]:
                 log.warning("%s: skipped sample %s (%s)", url, raw["__key__"], reason)
 
 
+def parse_label(text: str, url: str, key: str) -> int:
+    """The class index of a ``.cls`` member; a `ValueError` naming the shard and sample otherwise."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{url}: sample {key}: .cls holds {text.strip()[:40]!r}, not a class index") from None
+
+
+def check_benchmark(bench: Benchmark) -> None:
+    """Read a CLIP_benchmark folder's targets (not its images) once, so that a bad folder fails
+    before any model is evaluated: a truncated tar, a `.cls` that is no integer, or a class index
+    without a class name raise a `ValueError` naming the file. Other benchmarks are checked when
+    they are built."""
+    shards = bench.info.get("wds_shards") if bench.info else None
+    if not shards:
+        return
+    target = "cls" if bench.task == CLASSIFICATION else "txt"
+    for url in shards:
+        for raw in iter_tar_groups(url, frozenset((target,))):
+            if target == "cls" and "cls" in raw:
+                label = parse_label(raw["cls"].decode("utf-8", errors="replace"), url, raw["__key__"])
+                if not 0 <= label < len(bench.classnames):
+                    raise ValueError(f"{url}: sample {raw['__key__']} has class {label}, but classnames.txt "
+                                     f"names {len(bench.classnames)} classes")
+
+
 def iter_tar_groups(url: str, wanted: frozenset[str]) -> Iterator[dict]:
     """Group a tar's members into samples by key (webdataset's rule: the key is the path up to the
     first dot of the file name). Only members with an extension in ``wanted`` are read; nothing is
-    ever unpickled. Streams: the tar is read once, front to back."""
-    stream = open_shard(url)
+    ever unpickled. Streams: the tar is read once, front to back. A tar that cannot be read on
+    raises a `ValueError` naming it."""
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            current: dict | None = None
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                if ext.lower() in wanted:
-                    current[ext.lower()] = tar.extractfile(member).read()
-            if current is not None:
+        yield from _tar_groups(url, wanted)
+    except (tarfile.TarError, EOFError, OSError) as exn:
+        raise ValueError(f"{url}: not a readable tar ({type(exn).__name__}: {exn})") from None
+
+
+def _tar_groups(url: str, wanted: frozenset[str]) -> Iterator[dict]:
+    with tar_stream(url) as (tar, damage):
+        current: dict | None = None
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, _, base = member.name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            key = f"{folder}/{stem}" if folder else stem
+            if current is not None and current["__key__"] != key:
                 yield current
-    finally:
-        stream.close()
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            if ext.lower() in wanted:
+                current[ext.lower()] = tar.extractfile(member).read()
+        problem = damage()
+        if problem:  # a benchmark cut short would score a model on part of it, silently
+            raise ValueError(f"{url}: not a readable tar ({problem})")
+        if current is not None:
+            yield current
 
 
 # --------------------------------------------------------------------------------------------

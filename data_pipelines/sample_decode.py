@@ -51,6 +51,8 @@ class ReadLimits:
     max_json_depth: int = 64
     max_aspect_ratio: float = 100.0  # a 1 x 16M image passes max_pixels, but a resize to 224 px
     #                                  on its short side would make a 3.6-gigapixel image
+    io_retries: int = 0  # a shard whose source fails before its first sample is opened again this often
+    io_backoff_s: float = 1.0  # seconds before the first retry, doubling each time
 
 
 @dataclass

@@ -12,13 +12,17 @@ Untrusted shards are data: only image, text and JSON members are read and decode
 (`.pyd`, `.pickle`, `.pth`, ...) is counted and never read, let alone unpickled.
 
 Writing: `ShardWriter` writes `NAME.tar.partial`, renames it to `NAME.tar` when closed, and writes
-`NAME_stats.json` last: a shard whose stats exist is complete. Member names are always safe
-(`is_safe_key`) and JSON is always strict (no bare NaN or Infinity).
+`NAME_stats.json` last, with the tar's size, SHA-256 and member count in its `tar` block. A shard
+is complete only when its stats exist and the tar on disk matches them (`is_complete`: the size on
+every check, the checksum with `verify="full"`); anything else is redone. Member names are always
+safe (`is_safe_key`) and JSON is always strict (no bare NaN or Infinity). State files (stats,
+thresholds) are read by `read_state_json`, which names the file when it is corrupt.
 """
 from __future__ import annotations
 
 import copy
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +42,8 @@ __all__ = ["clip_text", "DEFAULT_MAX_PIXELS", "IMAGE_EXTS", "JSON_EXTS", "READ_E
            "ShardEnd", "ShardError", "decode_sample", "is_safe_key", "safe_key", "strict_json_value",
            "viewed_rgb", "open_shard", "shard_events", "shard_name", "expand_urls", "iter_samples",
            "event_pipeline", "event_loader", "RecordLoader", "ShardWriter", "stats_path", "is_complete",
-           "complete_with", "OtherSettings", "write_json_atomic", "strict_json_dumps", "CurrentShard"]
+           "complete_with", "OtherSettings", "write_json_atomic", "strict_json_dumps", "CurrentShard",
+           "StateFileError", "read_state_json", "tar_problem", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -290,28 +295,105 @@ def stats_path(shard_path: str | os.PathLike) -> Path:
     return p.with_name(shard_name(str(p)) + "_stats.json")
 
 
-def is_complete(shard_path: str | os.PathLike) -> bool:
-    """A shard is complete when both the tar and its stats file exist (stats are written last)."""
-    return Path(shard_path).exists() and stats_path(shard_path).exists()
+class StateFileError(ValueError):
+    """A state file of a run (a shard's stats, thresholds) that cannot be used; names the file."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def read_state_json(path: str | os.PathLike) -> dict:
+    """The JSON object in state file `path`; `StateFileError` naming the file when it is not one.
+
+    A cut-off write, zeroed or random bytes, a list, or a bare NaN / Infinity (which strict JSON
+    writers never produce) all raise; a missing file raises `FileNotFoundError` as usual.
+    """
+    data = Path(path).read_bytes()
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exn:  # JSONDecodeError is a ValueError
+        raise StateFileError(path, f"corrupt ({len(data)} bytes that are not JSON: {clip_text(str(exn), 120)})") from None
+    if not isinstance(value, dict):
+        raise StateFileError(path, f"holds a JSON {type(value).__name__}, not the object it should")
+    return value
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tar_problem(shard_path: str | os.PathLike, stats: dict, verify: str = "size") -> str | None:
+    """Why the tar on disk is not the one `stats` describes, or None when it matches.
+
+    `verify="size"` compares the size (a stat call: cheap enough for every run), `"full"` also
+    re-hashes the file. Stats without a `tar` block (written before it existed) cannot vouch for
+    their tar, so the shard is redone.
+    """
+    tar = stats.get("tar")
+    if not isinstance(tar, dict) or not isinstance(tar.get("bytes"), int) or not isinstance(tar.get("sha256"), str):
+        return "its stats record no size and checksum of the tar"
+    size = os.path.getsize(shard_path)
+    if size != tar["bytes"]:
+        return f"the tar has {size} bytes where its stats recorded {tar['bytes']} (cut short or replaced)"
+    if verify == "full" and file_sha256(shard_path) != tar["sha256"]:
+        return "the tar's SHA-256 differs from the one its stats recorded"
+    return None
+
+
+def _verified_stats(shard_path: str | os.PathLike, verify: str, fingerprint: str | None = None) -> dict | None:
+    """The stats of a complete shard whose tar checks out, else None (with a warning saying why).
+
+    With `fingerprint`, a shard made by other settings raises `OtherSettings` before its tar is
+    looked at: a rerun must refuse a folder of another config, not redo parts of it.
+    """
+    if not (Path(shard_path).exists() and stats_path(shard_path).exists()):
+        return None
+    try:
+        stats = read_state_json(stats_path(shard_path))
+    except StateFileError as exn:
+        log.warning("%s; redoing shard %s", exn, shard_path)
+        return None
+    if fingerprint is not None and not isinstance(stats.get("fingerprint"), str):
+        log.warning("%s records no fingerprint of the settings that made it; redoing shard %s",
+                    stats_path(shard_path), shard_path)
+        return None
+    if fingerprint is not None and stats.get("fingerprint") != fingerprint:
+        raise OtherSettings(f"{shard_path} was made with other settings "
+                            f"(fingerprint {stats.get('fingerprint')}, now {fingerprint})")
+    problem = tar_problem(shard_path, stats, verify)
+    if problem:
+        log.warning("redoing shard %s: %s", shard_path, problem)
+        return None
+    return stats
+
+
+def is_complete(shard_path: str | os.PathLike, verify: str = "size") -> bool:
+    """A shard is complete when the tar and its stats exist (stats are written last) and the tar
+    is the one the stats describe (`tar_problem`)."""
+    return _verified_stats(shard_path, verify) is not None
 
 
 class OtherSettings(ValueError):
     """A complete shard was made by other settings than the run that found it."""
 
 
-def complete_with(shard_path: str | os.PathLike, fingerprint: str) -> bool:
+def complete_with(shard_path: str | os.PathLike, fingerprint: str, verify: str = "size") -> bool:
     """Whether the shard is complete *and* its stats record `fingerprint` (the settings that made it).
 
-    False for a missing or partial shard (redo it); raises `OtherSettings` for a complete shard made
-    by other settings, so a rerun never mixes the outputs of two configs.
+    False for a missing, partial, corrupt or mismatched shard (redo it); raises `OtherSettings`
+    for a complete shard made by other settings, so a rerun never mixes the outputs of two configs.
     """
-    if not is_complete(shard_path):
-        return False
-    made_by = json.loads(stats_path(shard_path).read_text()).get("fingerprint")
-    if made_by != fingerprint:
-        raise OtherSettings(f"{shard_path} was made with other settings "
-                            f"(fingerprint {made_by}, now {fingerprint})")
-    return True
+    return _verified_stats(shard_path, verify, fingerprint) is not None
 
 
 def strict_json_dumps(data: Any, **options: Any) -> str:
@@ -353,9 +435,11 @@ class ShardWriter:
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self._file = _open_locked(self.partial)  # a second writer of this shard waits here
         stats_path(self.path).unlink(missing_ok=True)  # an old stats file would mark us complete
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=int(mtime),
+        self._digest = _Digest(self._file)  # size and SHA-256 as written: no second read at close
+        self._tar = wds.TarWriter(self._digest, encoder=False, mtime=int(mtime),
                                   user="mmw2s", group="mmw2s", mode=0o444)
         self.count = 0
+        self.members = 0
         self.closed = False
 
     def write(self, sample: dict) -> None:
@@ -368,15 +452,20 @@ class ShardWriter:
                    if not k.startswith("__") or k == "__key__"}
         self._tar.write(encoded)
         self.count += 1
+        self.members += len(encoded) - 1
 
-    def close(self, stats: dict | None = None) -> None:
-        """Finish the tar, rename it into place, then write `NAME_stats.json`."""
+    def close(self, stats: dict | None = None) -> dict:
+        """Finish the tar, rename it into place, then write `NAME_stats.json`; returns the stats
+        as written, with the tar's `bytes`, `sha256` and `members` (what resume checks)."""
         self._tar.close()
         self._file.flush()
+        os.fsync(self._file.fileno())  # the tar's bytes are on disk before the stats vouch for them
+        stats = {**(stats if stats is not None else {"count": self.count}), "tar": self._digest.record(self.members)}
         os.replace(self.partial, self.path)  # still holding the lock: no other writer sees this file
-        write_json_atomic(stats_path(self.path), stats if stats is not None else {"count": self.count})
+        write_json_atomic(stats_path(self.path), stats)
         self._file.close()  # releases the lock
         self.closed = True
+        return stats
 
     def abort(self) -> None:
         """Drop the partial tar (nothing is renamed into place)."""
@@ -386,7 +475,10 @@ class ShardWriter:
             except (OSError, ValueError):
                 pass
             self.partial.unlink(missing_ok=True)  # before the lock goes, as in `close`
-            self._file.close()
+            try:
+                self._file.close()  # flushing a full disk fails again: the error that got us here counts
+            except OSError:
+                pass
             self.closed = True
 
     def __enter__(self) -> "ShardWriter":
@@ -395,6 +487,22 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.closed:
             self.abort()
+
+
+class _Digest:
+    """A write-only stream in front of `file` that counts and hashes the bytes written through it."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.size, self.sha256 = file, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.file.write(data)
+        self.size += len(data)
+        self.sha256.update(data)
+        return len(data)
+
+    def record(self, members: int) -> dict:
+        return {"bytes": self.size, "sha256": self.sha256.hexdigest(), "members": members}
 
 
 def _open_locked(path: Path):

@@ -18,18 +18,27 @@ The rules, each counted in the shard's `ShardEnd`:
 - compression: gzip, bzip2 and xz shards (what `tarfile` and so webdataset read) are decompressed
   here, so the end-of-archive check below runs on the tar itself;
 - a shard is whole only if `tarfile` stopped at the end-of-archive marker (two zero blocks) and
-  nothing but zeros follows; else `damaged` says why (a cut-off download, a corrupt header).
+  nothing but zeros follows; else `damaged` says why (a cut-off download, a corrupt header), and
+  the samples before the break are kept;
+- a shard that *could not be read* is another thing: its source failed to open, is no tar at all
+  (empty, another format), or failed under us (an I/O error, a `pipe:` command that exited
+  non-zero). Such a failure is often transient (S3, NFS), so a source that fails before its first
+  sample is opened again `io_retries` times with doubling backoff; if it still fails (or failed
+  after samples were read), `ShardEnd.unreadable` says why and the writer keeps nothing of it, so
+  that a rerun reads it again instead of trusting an empty shard.
 """
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import logging
 import lzma
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
@@ -69,6 +78,7 @@ class ShardEnd:
     ignored_members: int = 0
     damaged: str | None = None
     changed: dict[str, int] = field(default_factory=dict)
+    unreadable: str | None = None  # the source failed (not the tar's content): nothing of it is kept
 
     @property
     def name(self) -> str:
@@ -153,8 +163,31 @@ class _Damage(Exception):
     """The tar itself cannot be read on (as opposed to one sample in it)."""
 
 
+class _Unreadable(Exception):
+    """The source failed (open, I/O, a `pipe:` exit status) or holds no tar at all."""
+
+
+def _is_source_failure(exn: BaseException) -> bool:
+    """An I/O error of the stream under the tar, as opposed to a corrupt tar or compression."""
+    return isinstance(exn, OSError) and not isinstance(exn, gzip.BadGzipFile)
+
+
 def _describe(exn: BaseException) -> str:
     return clip_text(f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
+
+
+@contextlib.contextmanager
+def tar_stream(url: str) -> Iterator[tuple[tarfile.TarFile, Callable[[], str | None]]]:
+    """A streaming `TarFile` over shard `url` (decompressed as `shard_events` does) and a check to
+    call once its members are read: None when the tar ended at its end-of-archive marker, else
+    what is wrong (tarfile itself stops quietly at a cut-off tar)."""
+    source = open_shard(url)
+    try:
+        stream = _Tracked(_decompressed(source))
+        tar = tarfile.open(fileobj=stream, mode="r|")
+        yield tar, lambda: stream.damage_at_end(tar.offset)
+    finally:
+        source.close()
 
 
 def _members(tar: tarfile.TarFile, limits: ReadLimits, end: ShardEnd) -> Iterator[tuple[str, str, bytes | None]]:
@@ -163,7 +196,7 @@ def _members(tar: tarfile.TarFile, limits: ReadLimits, end: ShardEnd) -> Iterato
         try:
             info = tar.next()
         except Exception as exn:  # noqa: BLE001 - any failure of the tar's structure
-            raise _Damage(_describe(exn)) from exn
+            raise (_Unreadable if _is_source_failure(exn) else _Damage)(_describe(exn)) from exn
         if info is None:
             return
         tar.members = []  # tarfile keeps every header it read; a shard can hold millions
@@ -178,7 +211,7 @@ def _members(tar: tarfile.TarFile, limits: ReadLimits, end: ShardEnd) -> Iterato
         try:
             data = tar.extractfile(info).read()
         except Exception as exn:  # noqa: BLE001 - e.g. the data of the member is cut off
-            raise _Damage(_describe(exn)) from exn
+            raise (_Unreadable if _is_source_failure(exn) else _Damage)(_describe(exn)) from exn
         yield key, ext, data
 
 
@@ -193,6 +226,8 @@ def _groups(members: Iterator[tuple[str, str, bytes | None]], url: str) -> Itera
             if current is None:
                 current = {"__key__": key, "__url__": url}
             current[ext] = data
+    except _Unreadable:
+        raise  # nothing of the shard is kept: no need to count the sample it cut
     except _Damage:
         if current is not None:  # the sample the break cut through is counted too
             yield {**current, "__cut__": True}
@@ -225,17 +260,34 @@ def shard_events(url: str, limits: ReadLimits = ReadLimits()) -> Iterator[dict |
     """Stream one shard: decoded sample dicts and `Skip` records, then one `ShardEnd`.
 
     A damaged tar (truncated, corrupt header) yields the samples before the break; the `ShardEnd`
-    names the damage. An unreadable URL is a damaged shard with no samples. A failure that is not
-    the shard's (a bug, a full disk downstream) propagates.
+    names the damage. A source that cannot be read is retried (see the module docstring) and
+    else ends in a `ShardEnd` with `unreadable` set. A failure that is not the shard's (a bug, a
+    full disk downstream) propagates.
     """
-    end = ShardEnd(url=url)
+    for attempt in range(limits.io_retries + 1):
+        end = ShardEnd(url=url)
+        started = False
+        for item in _attempt(url, limits, end):
+            started = started or not isinstance(item, ShardEnd)
+            if isinstance(item, ShardEnd) and item.unreadable and not started and attempt < limits.io_retries:
+                delay = limits.io_backoff_s * 2 ** attempt
+                log.warning("shard %s could not be read (%s); retrying in %.1f s", url, item.unreadable, delay)
+                time.sleep(delay)
+                break
+            yield item
+        else:
+            return
+
+
+def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[dict | Skip | ShardEnd]:
+    """One try at reading `url`: its records, then its `ShardEnd`."""
     errors: list[str] = []
     skipped: Counter = Counter()
     changed: Counter = Counter()
     try:
         source = open_shard(url)
     except Exception as exn:  # noqa: BLE001 - a missing or unreadable shard is reported, not fatal
-        errors.append(_describe(exn))
+        end.unreadable = _describe(exn)
         source = None
     if source is not None:
         try:
@@ -253,10 +305,12 @@ def shard_events(url: str, limits: ReadLimits = ReadLimits()) -> Iterator[dict |
             try:
                 source.close()
             except Exception as exn:  # noqa: BLE001 - e.g. a `pipe:` command that exited non-zero
-                errors.append(_describe(exn))
+                end.unreadable = end.unreadable or _describe(exn)
     end.skipped, end.changed = dict(skipped), dict(changed)
     end.damaged = "; ".join(errors) or None
-    if end.damaged:
+    if end.unreadable:
+        log.warning("shard %s could not be read after %d samples: %s", url, end.samples, end.unreadable)
+    elif end.damaged:
         log.warning("shard %s is damaged after %d samples: %s", url, end.samples, end.damaged)
     if skipped:
         log.warning("shard %s: skipped %s", url, dict(skipped))
@@ -267,17 +321,29 @@ def _read(source: Any, url: str, limits: ReadLimits, end: ShardEnd, errors: list
     try:
         stream = _Tracked(_decompressed(source))
         tar = tarfile.open(fileobj=stream, mode="r|")
-    except Exception as exn:  # noqa: BLE001 - not a tar at all, an empty file, a bad gzip header
+    except (tarfile.ReadError, OSError) as exn:  # not a tar at all (an empty file, another format), or I/O
+        if _is_source_failure(exn) or isinstance(exn, tarfile.ReadError):
+            end.unreadable = f"not a readable tar: {_describe(exn)}"
+            return
+        errors.append(_describe(exn))  # a corrupt gzip header: damaged, as below
+        return
+    except Exception as exn:  # noqa: BLE001 - a compressed download cut off before the first member
         errors.append(_describe(exn))
         return
     try:
         yield from _samples(tar, url, limits, end)
+    except _Unreadable as exn:
+        end.unreadable = str(exn)
+        return
     except _Damage as exn:
         errors.append(str(exn))
         return
     try:
         damage = stream.damage_at_end(tar.offset)
     except Exception as exn:  # noqa: BLE001 - the source or decompressor failing on the rest (bad CRC, ...)
+        if _is_source_failure(exn):
+            end.unreadable = _describe(exn)
+            return
         damage = _describe(exn)
     if damage:
         errors.append(damage)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mmw2s.config import ConfigError, describe, load_config
 from mmw2s.errors import StageError
+from mmw2s.interrupts import Terminated, handle_sigterm, stop_descendants
 from mmw2s.stages import STAGES, Stage
 
 
@@ -44,8 +46,14 @@ def _keys_help(stage: Stage) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `mmw2s` console script; returns the exit code."""
+    """Entry point of the `mmw2s` console script; returns the exit code.
+
+    Errors a user or the environment causes are one line naming the file or shard: 2 for bad
+    input (the config), 1 for a stage that cannot go on (a missing path, a full disk, a corrupt
+    state file). SIGTERM and Ctrl-C stop the stage cleanly (143, 130). A bug keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
+    handle_sigterm()
     # Our own packages speak at INFO; libraries (open_clip logs every load at INFO) only warn.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mmw2s", "data_pipelines", "models"):
@@ -59,10 +67,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         stage.load_runner()(cfg)
-    except StageError as exn:
-        print(f"mmw2s {stage.name}: {exn}", file=sys.stderr)
+    except KeyboardInterrupt as exn:  # Ctrl-C, or SIGTERM as `Terminated`
+        stop_descendants()
+        what = "SIGTERM" if isinstance(exn, Terminated) else "Ctrl-C"
+        print(f"mmw2s {stage.name}: stopped by {what}; {resume_hint(cfg)}", file=sys.stderr)
+        return getattr(exn, "exit_code", 130)
+    except Exception as exn:  # noqa: BLE001 - one line for what the user can act on, else re-raised
+        message = user_error(exn)
+        if message is None:
+            raise
+        print(f"mmw2s {stage.name}: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def user_error(exn: Exception) -> str | None:
+    """The one-line message of an error the user or the environment caused, None for a bug."""
+    from data_pipelines.shards import ShardError, StateFileError  # loads torch: not for `mmw2s --help`
+
+    if isinstance(exn, StageError):
+        return str(exn)
+    if isinstance(exn, StateFileError):
+        return f"{exn}: delete that file, or rerun with another out="
+    if isinstance(exn, ShardError) and isinstance(exn.__cause__, OSError):
+        return str(exn)  # names the shard: a full disk, a permission, a vanished folder
+    if isinstance(exn, OSError):
+        where = " ".join(str(f) for f in (exn.filename, exn.filename2) if f)
+        return f"{exn.strerror or exn}" + (f": {where}" if where else "")
+    return None
+
+
+def resume_hint(cfg: object) -> str:
+    """What a stopped stage kept, from its run folder: complete shards (their stats files)."""
+    out = getattr(cfg, "out", None)
+    if not out or not Path(out).is_dir():
+        return "nothing was written yet"
+    done = len(list(Path(out).glob("*/*_stats.json")))
+    return (f"{done} complete shard(s) are kept in {out} and partial ones were removed; " if done else
+            f"what is complete in {out} is kept; ") + "rerun the same command to resume"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ architectures) evaluates any model on the same images and captions as `mmw2s eva
 
 One folder per suite, `OUT/world_SUITE/` (classification: `classnames.txt`, templates, `test/N.tar`
 of `png` + `cls`; retrieval: `dataset_type.txt`, `test/N.tar` of `png` + `txt`, captions one per line).
-A folder already complete is kept.
+The `captioning` suite is written in both forms captioning tools read, every gold caption of a scene
+(each object ordering) a reference: `OUT/world_captioning_coco/` (`captions_test.json`,
+`instances_test.json` with the shapes as categories, `images/`) and `OUT/world_captioning_wds/` (a
+CLIP_benchmark folder: `png` + `txt` + `json`). A folder already complete is kept.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-EXPORTABLE = ("color", "shape", "size", "position", "count", "retrieval")
+EXPORTABLE = ("color", "shape", "size", "position", "count", "retrieval", "captioning")
 
 
 @dataclass
@@ -48,8 +51,23 @@ def run(cfg: ExportConfig) -> dict[str, str]:
     items = load_world_test(cfg.world)
     folders = {}
     for suite in cfg.suites:
+        if suite == "captioning":
+            folders.update(export_captioning(world_suite(cfg.world, suite, items), Path(cfg.out), cfg.shard_size))
+            continue
         folder = Path(cfg.out) / f"world_{suite}"
         write_wds_benchmark(world_suite(cfg.world, suite, items), folder, shard_size=cfg.shard_size)
         folders[suite] = str(folder)
         print(f"{suite}: {folder}  (clip_benchmark eval --dataset wds/world_{suite} --dataset_root {folder})")
     return folders
+
+
+def export_captioning(bench, out: Path, shard_size: int) -> dict[str, str]:
+    """The world's caption suite as a COCO caption folder and as a CLIP_benchmark folder."""
+    from data_pipelines.caption_benchmarks import write_coco_captions, write_wds_captions
+
+    coco = write_coco_captions(bench, out / "world_captioning_coco")
+    wds = write_wds_captions(bench, out / "world_captioning_wds", shard_size=shard_size)
+    print(f"captioning: {coco}  (mmw2s eval benchmarks=[coco:{coco}/captions_test.json])")
+    print(f"captioning: {wds}  (mmw2s eval benchmarks=[wds-captions:{wds}]; clip_benchmark eval "
+          f"--task captioning --dataset wds/world_captioning --dataset_root {wds})")
+    return {"captioning_coco": str(coco), "captioning_wds": str(wds)}

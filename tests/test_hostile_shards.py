@@ -198,10 +198,12 @@ def test_a_cut_inside_a_sample_counts_that_sample(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, gzip.compress(b"not a tar" * 100)])
-def test_files_that_are_no_tar_are_damaged_shards(tmp_path, content):
+def test_files_that_are_no_tar_are_unreadable_shards(tmp_path, content):
+    """Not a damaged tar (whose samples before the break are kept) but no tar at all: nothing is
+    kept, and a rerun reads it again (issue 25: a non-tar must not become an empty complete shard)."""
     (tmp_path / "00000.tar").write_bytes(content)
     samples, skips, end = read(tmp_path / "00000.tar")
-    assert not samples and not skips and end.damaged
+    assert not samples and not skips and end.unreadable.startswith("not a readable tar") and end.damaged is None
 
 
 def test_oversized_members_are_not_read(tmp_path):

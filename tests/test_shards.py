@@ -1,5 +1,6 @@
 """Shard I/O: reading img2dataset-style shards safely, writing them atomically."""
 import io
+import hashlib
 import json
 import pathlib
 import pickle
@@ -52,7 +53,11 @@ def collect(urls, limits=ReadLimits()):
 
 def test_written_shard_is_complete_and_readable(tmp_path):
     path = make_shard(tmp_path / "00000.tar", [good(i) for i in range(3)], {"count": 3})
-    assert is_complete(path) and json.loads(stats_path(path).read_text()) == {"count": 3}
+    stats = json.loads(stats_path(path).read_text())
+    assert is_complete(path) and stats["count"] == 3
+    # the stats vouch for the tar's bytes: what resume checks
+    assert stats["tar"] == {"bytes": path.stat().st_size, "members": 9,
+                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     samples = list(iter_samples(str(path)))
     assert [s["__key__"] for s in samples] == ["000000000", "000000001", "000000002"]
     first = samples[0]
@@ -153,9 +158,11 @@ def test_missing_or_unreadable_shards(tmp_path):
     make_shard(tmp_path / "00000.tar", [good(0)])
     with pytest.raises(FileNotFoundError, match="shard not found"):
         expand_urls([str(tmp_path / "gone.tar"), str(tmp_path / "00000.tar")])
-    # a source that fails while streaming is a damaged shard; the next one goes on
+    # a source that fails is an unreadable shard (not a damaged one: nothing of it is kept, a
+    # rerun reads it again); the next one goes on
     keys, ends = collect(["pipe:cat /nonexistent/x.tar", str(tmp_path / "00000.tar")])
-    assert keys == ["000000000"] and ends[0].damaged and ends[1].damaged is None
+    assert keys == ["000000000"] and "exit 1" in ends[0].unreadable and ends[0].damaged is None
+    assert ends[1].damaged is None and ends[1].unreadable is None
 
 
 def test_url_forms(tmp_path):

@@ -91,7 +91,7 @@ class CapFilt:
         for what, name in (("captioner.name", cfg.captioner.name if generate else None),
                            ("filter.itm.name", cfg.filter.itm.name if cfg.filter.kind == "blip" else None)):
             if name in list_captioners():
-                raise ValueError(f"{what}={name!r} names an untrained from-scratch config; bootstrap needs "
+                raise StageError(f"{what}={name!r} names an untrained from-scratch config; bootstrap needs "
                                  "trained weights: a hub id or a folder saved by `mmw2s train`")
         # `captioner.dtype=auto` of a prompted VLM: bf16 weights where the run autocasts to bf16
         bf16 = cfg.precision == "bf16" and torch.device(device).type == "cuda"

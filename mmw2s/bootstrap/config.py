@@ -69,8 +69,15 @@ class ThresholdConfig:
     synthetic_fraction: float = field(default=0.5, metadata={"help": "top_fraction: fraction of synthetic captions kept"})
     calibration_samples: int = field(default=256, metadata={"help": "top_fraction: samples to calibrate on"})
 
-    def validate(self) -> None:
-        """Raise ValueError for fractions outside (0, 1] or no calibration sample."""
+    def validate(self, scores: tuple[float, float] = (-1.0, 1.0)) -> None:
+        """Raise ValueError for absolute thresholds that are not finite or outside the filter's
+        `scores` range (a threshold no score can reach keeps nothing, silently), for fractions
+        outside (0, 1], or for no calibration sample."""
+        low, high = scores
+        for name in ("web", "synthetic"):
+            value = getattr(self, name)
+            if self.mode == "absolute" and not low <= value <= high:  # NaN fails every comparison
+                raise ValueError(f"thresholds.{name}={value} is outside the filter's score range [{low:g}, {high:g}]")
         for name in ("web_fraction", "synthetic_fraction"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -178,6 +185,14 @@ class BootstrapConfig:
         default="truncate", metadata={"help": "a caption over max_caption_chars is truncated, or its sample "
                                               "skipped (caption_too_long)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (images/s, kept fraction)"})
+    verify: Literal["size", "full"] = field(
+        default="size", metadata={"help": "how a rerun checks an output shard its stats call complete: size (a "
+                                          "stat call) or full (re-hash the tar against the SHA-256 in its stats); "
+                                          "a mismatch is redone"})
+    io_retries: int = field(default=3, metadata={"help": "an input shard whose source fails to open or read "
+                                                         "(pipe: exit, I/O error, no tar) is tried again this often "
+                                                         "before it is left incomplete for a rerun"})
+    io_backoff_s: float = field(default=1.0, metadata={"help": "seconds before the first retry (doubling)"})
     measure_ceiling: bool = field(
         default=False, metadata={"help": "after the run, time the model forward passes alone on an "
                                          "in-memory batches (the run's own) and record the ratio in summary.json"})
@@ -199,18 +214,26 @@ class BootstrapConfig:
             raise ValueError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
         if self.max_caption_chars < 1:
             raise ValueError(f"max_caption_chars must be >= 1, got {self.max_caption_chars}")
+        if self.io_retries < 0 or not 0 <= self.io_backoff_s < float("inf"):
+            raise ValueError(f"io_retries and io_backoff_s must be >= 0, got {self.io_retries} and {self.io_backoff_s}")
         validate_captioner(self.captioner)
         self.decoding.validate()
         if self.captioner.kind == "endpoint" and self.decoding.num_captions > 0:
             validate_endpoint(self.captioner, self.decoding)
         self.filter.validate()
-        self.thresholds.validate()
+        self.thresholds.validate(score_range(self.filter))
         self.ray.validate()
         self.rewrite.validate()
         if self.rewrite.num_rewrites and self.rewrite.model is None and (
                 self.captioner.kind != "endpoint" or self.decoding.num_captions == 0):
             raise ValueError("rewrite.num_rewrites > 0 needs an LLM endpoint: set rewrite.model (and rewrite.endpoint), "
                              "or caption with captioner.kind=endpoint, whose model then rewrites too")
+
+
+def score_range(filter_cfg: FilterConfig) -> tuple[float, float]:
+    """The scores the filter gives: BLIP ITM's match probability is in [0, 1], a cosine (CLIP, ITC)
+    in [-1, 1]."""
+    return (0.0, 1.0) if filter_cfg.kind == "blip" and filter_cfg.itm.mode == "itm" else (-1.0, 1.0)
 
 
 def validate_captioner(spec: CaptionerSpec) -> None:

@@ -4,6 +4,7 @@
     out/thresholds.json    thresholds used (calibrated ones written before the first shard)
     out/shards/NAME.tar    one output shard per input shard + NAME_stats.json (= complete)
     out/summary.json       totals over all shards, kept fractions, thresholds, images/s
+    out/.mmw2s.lock        held (flock) by the one job writing this folder (`mmw2s.run_folder`)
 
 `engine=local` (default) runs the shards in this process or the ranks of `accelerate launch`
 (`engines/local.py`); `engine=ray` hands them to a pool of Ray actors (`engines/ray.py`). Both
@@ -14,6 +15,7 @@ ones; the per-batch sampling seed makes the redone shards come out as they would
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.shards import expand_urls, shard_events, shard_name, stats_path, write_json_atomic
+from data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.capfilt import endpoint_totals
@@ -30,6 +32,7 @@ from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
 from mmw2s.bootstrap.writer import output_path
+from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,30 @@ def run(cfg: BootstrapConfig) -> dict:
 
 
 def bootstrap(cfg: BootstrapConfig, engine: Any) -> dict:
-    """The run on an open engine (see `mmw2s.bootstrap.engines`)."""
-    from mmw2s.config import save_config
-
+    """The run on an open engine (see `mmw2s.bootstrap.engines`), holding the run folder's lock
+    (`mmw2s.run_folder`: one job per `out=`)."""
     urls = input_urls(cfg.input)
     out = Path(cfg.out)
     if engine.is_main:
-        (out / "shards").mkdir(parents=True, exist_ok=True)
+        make_run_folder(out, "shards")
+    lock = hold_run_folder(out, settings_fingerprint(cfg)) if engine.is_main else contextlib.nullcontext()
+    with lock:
+        summary = bootstrap_locked(cfg, engine, urls)
+    unreadable = [u for r in summary["ranks"] for u in r.get("unreadable", [])]
+    if unreadable:
+        listed = "; ".join(f"{shard_name(u['input'])}: {u['reason']}" for u in unreadable[:5])
+        raise StageError(f"{len(unreadable)} input shards could not be read and have no output ({listed}"
+                         f"{'; ...' if len(unreadable) > 5 else ''}); the other shards are complete: rerun the "
+                         "same command to retry these")
+    return summary
+
+
+def bootstrap_locked(cfg: BootstrapConfig, engine: Any, urls: list[str]) -> dict:
+    """The run once this job holds the run folder."""
+    from mmw2s.config import save_config
+
+    out = Path(cfg.out)
+    if engine.is_main:
         save_config(cfg, out)
     thresholds = resolve_thresholds(cfg, engine.local_models, urls, engine)
     job = ShardJob(cfg, thresholds, run_fingerprint(cfg, thresholds))
@@ -68,28 +88,25 @@ def bootstrap(cfg: BootstrapConfig, engine: Any) -> dict:
     return summary
 
 
-def input_urls(spec: str) -> list[str]:
-    """The input shard URLs; their names must be distinct since outputs are named after them."""
-    urls = expand_urls(spec)
-    names = [shard_name(u) for u in urls]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise StageError(f"input shards share names {clashes[:5]}: outputs are named after input shards, "
-                         "so bootstrap each folder into its own out=")
-    if not urls:
-        raise StageError(f"no input shards in {spec!r}")
-    return urls
-
-
 def run_fingerprint(cfg: BootstrapConfig, thresholds: Thresholds) -> str:
     """A hash of every setting that decides the content of an output shard.
 
     Not included: where inputs and outputs live, workers, device, progress.
     """
+    return _fingerprint(cfg, thresholds.record())
+
+
+def settings_fingerprint(cfg: BootstrapConfig) -> str:
+    """`run_fingerprint` before the thresholds are resolved: the config's threshold settings stand
+    for them (what the run folder's lock compares between two jobs)."""
+    return _fingerprint(cfg, asdict(cfg.thresholds))
+
+
+def _fingerprint(cfg: BootstrapConfig, thresholds: dict) -> str:
     used = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
     keys = {"captioner": captioner_key(cfg.captioner), "decoding": asdict(cfg.decoding),
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
-            "thresholds": thresholds.record(), "selection": asdict(cfg.selection), "seed": cfg.seed,
+            "thresholds": thresholds, "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
             "captions": [cfg.max_caption_chars, cfg.long_captions], **rewrite_key(cfg)}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
@@ -169,8 +186,8 @@ def summarize(out: Path, urls: list[str], thresholds: Thresholds, ranks: list[di
     """
     stats, missing = [], []
     for url in urls:
-        path = stats_path(output_path(out / "shards", url))
-        (stats.append(json.loads(path.read_text())) if path.exists() else missing.append(shard_name(url)))
+        shard = output_path(out / "shards", url)
+        (stats.append(read_state_json(stats_path(shard))) if is_complete(shard) else missing.append(shard_name(url)))
     totals = {k: sum(s.get(k, 0) for s in stats) for k in TOTAL_KEYS}
     decoded = max(totals["decoded"], 1)
     images = sum(r["images"] for r in ranks)

@@ -55,9 +55,11 @@ class ShardJob:
 
 
 def read_limits(cfg: BootstrapConfig) -> ReadLimits:
-    """What shard I/O accepts as a sample (images decoded, a caption required)."""
+    """What shard I/O accepts as a sample (images decoded, a caption required), and how often a
+    source that fails to open is tried again."""
     return ReadLimits(max_pixels=cfg.max_pixels, decode_images=True, require_caption=True,
-                      max_caption_chars=cfg.max_caption_chars, long_captions=cfg.long_captions)
+                      max_caption_chars=cfg.max_caption_chars, long_captions=cfg.long_captions,
+                      io_retries=cfg.io_retries, io_backoff_s=cfg.io_backoff_s)
 
 
 def loader(urls: list[str], cfg: BootstrapConfig, preprocess: Any):
@@ -111,12 +113,18 @@ class _ShardFeed(IterableDataset):
         yield from batch_stage(shard_events(self.urls.get(), self.limits), self.batch_size, self.preprocess)
 
 
-def is_done(out: Path, url: str, fingerprint: str) -> bool:
-    """Whether the output of `url` under run folder `out` is complete, made by these settings."""
+def is_done(out: Path, url: str, fingerprint: str, verify: str = "size") -> bool:
+    """Whether the output of `url` under run folder `out` is complete, made by these settings, and
+    its tar is the one its stats describe (else it is redone, with a warning naming it)."""
     try:
-        return complete_with(output_path(out / "shards", url), fingerprint)
+        return complete_with(output_path(out / "shards", url), fingerprint, verify)
     except OtherSettings as exn:
         raise StageError(f"{exn}; use another out= or delete {out / 'shards'} to redo it") from None
+
+
+def unreadable_shards(stats: Iterable[dict]) -> list[dict]:
+    """`{input, reason}` of the shards among `stats` whose source could not be read (no output)."""
+    return [{"input": s["input"], "reason": s["unreadable"]} for s in stats if s.get("unreadable")]
 
 
 def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,

@@ -6,13 +6,14 @@ cut at the same value even when the calibration sample would now come out differ
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from data_pipelines.shards import write_json_atomic
+from data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
+
+from mmw2s.errors import StageError
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -65,19 +66,33 @@ def calibrate(web_scores: Sequence[float], synthetic_scores: Sequence[float], we
 
 
 def save_thresholds(folder: str | Path, thresholds: Thresholds) -> Path:
-    """Write `FOLDER/thresholds.json` atomically and return its path."""
+    """Write `FOLDER/thresholds.json` atomically and return its path; a non-finite threshold is
+    refused, never written (strict JSON would store it as null and block every later run)."""
     path = Path(folder) / THRESHOLDS_FILE
+    for name in ("web", "synthetic"):
+        if not math.isfinite(getattr(thresholds, name)):
+            raise StageError(f"refusing to write {path}: threshold '{name}' is {getattr(thresholds, name)}")
     write_json_atomic(path, thresholds.to_json())
     return path
 
 
 def load_thresholds(folder: str | Path) -> Thresholds | None:
-    """The thresholds of an earlier run in `folder`, or None when there are none yet."""
+    """The thresholds of an earlier run in `folder`, or None when there are none yet.
+
+    A file that is corrupt, or holds a threshold that is not a finite number, raises a
+    `StageError` naming it: the user deletes it (a rerun then sets the thresholds anew)."""
     path = Path(folder) / THRESHOLDS_FILE
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
-    for name in ("web", "synthetic"):
-        if not math.isfinite(float(data[name])):
-            raise ValueError(f"{path}: threshold '{name}' is not a finite number: {data[name]}")
-    return Thresholds(**data)
+    fix = "delete it to set the thresholds anew (complete shards made with other thresholds are then refused)"
+    try:
+        data = read_state_json(path)
+        values = [data[name] for name in ("web", "synthetic")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise StateFileError(path, f"thresholds must be finite numbers, found web={values[0]!r}, "
+                                       f"synthetic={values[1]!r}")
+        return Thresholds(**data)
+    except StateFileError as exn:
+        raise StageError(f"{exn}; {fix}") from None
+    except (KeyError, TypeError) as exn:
+        raise StageError(f"{path}: not a thresholds file ({type(exn).__name__}: {exn}); {fix}") from None

@@ -78,7 +78,8 @@ class ShardTally:
             "input": end.url, "count": self.written, "successes": self.written,
             "inputs": self.decoded + skipped, "decoded": self.decoded,
             "skipped": skipped, "skipped_by_reason": dict(self.skipped),
-            "damaged": end.damaged, "ignored_members": end.ignored_members,
+            "damaged": end.damaged, "damaged_after_samples": end.samples if end.damaged else None,
+            "ignored_members": end.ignored_members,
             "skipped_samples": self.skipped_samples, "changed_by_reason": end.changed,
             "web_kept": self.web_kept, "synthetic": self.synthetic, "synthetic_kept": self.synthetic_kept,
             "chosen_web": self.chosen["web"], "chosen_synthetic": self.chosen["synthetic"],
@@ -131,12 +132,19 @@ class ShardOutputs:
                                           "detail": clip_text(record.detail)})
 
     def finish(self, end: ShardEnd) -> dict:
-        """Close the output of `end.url` (an empty shard when nothing came) and return its stats."""
+        """Close the output of `end.url` (an empty shard when nothing came) and return its stats.
+
+        A shard whose source could not be read (`end.unreadable`: it failed to open, was no tar,
+        or its `pipe:` / storage failed) gets no output at all, not an empty complete one: the
+        returned record says why, and a rerun tries it again.
+        """
         writer, tally = self._get(end.url)
-        stats = tally.stats(end, {**self.extra, **(self.shard_extra(end.url) if self.shard_extra else {})})
-        writer.close(stats)
         del self.open[end.url]
-        return stats
+        extra = {**self.extra, **(self.shard_extra(end.url) if self.shard_extra else {})}
+        if end.unreadable:
+            writer.abort()
+            return {"input": end.url, "unreadable": end.unreadable, "decoded": tally.decoded, "written": 0}
+        return writer.close(tally.stats(end, extra))
 
     def abort(self) -> None:
         """Drop every open (incomplete) output shard."""

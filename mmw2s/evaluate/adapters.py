@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ from PIL import Image
 from data_pipelines.vqa import vqa_prompt
 from mmw2s.evaluate.config import ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
-from models.captioners import Captioner
+from models.captioners import MODEL_CLASSES, Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
 from models.itm import BlipItmFilter
 
@@ -58,6 +59,8 @@ class CaptionerScorer(PairwiseScorer):
                  settings: PairwiseConfig = PairwiseConfig()) -> None:
         self.captioner, self.name, self.pretrained = captioner, name, pretrained
         self.settings = settings
+        # BLIP / VED score a text by its likelihood; a prompted VLM only writes captions
+        self.can_score = captioner.family in MODEL_CLASSES
 
     def _token_counts(self, texts: Sequence[str]) -> torch.Tensor:
         """Predicted tokens per text (words and eos; bos is given, not predicted)."""
@@ -84,6 +87,12 @@ class CaptionerScorer(PairwiseScorer):
         pixels = self.captioner.preprocess(list(images))
         out = self.captioner.generate(pixels, num_captions=1, method="greedy",
                                       max_new_tokens=self.settings.caption_max_new_tokens)
+        return [caps[0] for caps in out]
+
+    def write_captions(self, images: Sequence[Image.Image], **decoding: Any) -> list[str]:
+        """One caption per image with the given decoding (``Captioner.caption``'s arguments), through
+        the captioner's own input builder: BLIP, VisionEncoderDecoder and prompted VLMs alike."""
+        out = self.captioner.caption(self.captioner.input_builder()(list(images)), num_captions=1, **decoding)
         return [caps[0] for caps in out]
 
     can_answer = True
@@ -187,9 +196,13 @@ def build_scorer(entry: ModelEntry, device: str = "auto",
         dual.model.to(dev).eval()
         return DualEncoderScorer(dual, entry.name, entry.path or spec.pretrained or spec.arch)
     if entry.kind == "captioner":
+        from models.captioner_build import load_captioner  # BLIP, VED or a prompted VLM, by its config
+
         source = entry.path or entry.captioner.name
-        captioner = Captioner.load(_existing(source, entry), max_length=entry.captioner.max_length)
-        captioner.model.to(dev).eval()
+        captioner = load_captioner(replace(entry.captioner, name=_existing(source, entry)))
+        if entry.captioner.device_map is None:  # else from_pretrained placed it
+            captioner.model.to(dev)
+        captioner.model.eval()
         return CaptionerScorer(captioner, entry.name, source, settings)
     if entry.kind == "filter":
         source = entry.path or entry.filter.name

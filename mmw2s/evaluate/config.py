@@ -75,6 +75,41 @@ class VqaConfig:
 
 
 @dataclass
+class CaptioningConfig:
+    """The ``captioning`` task (COCO caption metrics, CLIPScore, CHAIR): decoding and scorers."""
+
+    method: Literal["greedy", "beam", "nucleus"] = field(
+        default="beam", metadata={"help": "decoding of the one caption per image (captioning papers: beam)"})
+    num_beams: int = field(default=3, metadata={"help": "beam search: beams"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling: smallest token set of this mass"})
+    max_new_tokens: int = field(default=30, metadata={"help": "longest caption in tokens"})
+    min_new_tokens: int = field(default=5, metadata={"help": "shortest caption in tokens"})
+    seed: int = field(default=0, metadata={"help": "seed of sampled decoding (one per chunk: seed + chunk)"})
+    chunk_size: int = field(
+        default=500, metadata={"help": "images per resumable chunk: each chunk's captions are written when done, "
+                                       "and a restarted eval skips finished chunks"})
+    clip: Optional[DualEncoderSpec] = field(
+        default_factory=lambda: DualEncoderSpec(arch="ViT-B-32", pretrained="openai"),
+        metadata={"help": "open_clip model of CLIPScore / RefCLIPScore (Hessel et al. used ViT-B/32 "
+                          "openai); null: no CLIPScore"})
+    clip_path: Optional[str] = field(
+        default=None, metadata={"help": "a saved dual-encoder folder for CLIPScore instead of clip.*"})
+    clip_prefix: str = field(default="A photo depicts ",
+                             metadata={"help": "text put before each caption for CLIPScore (Hessel et al.'s)"})
+    chair_synonyms: Optional[str] = field(
+        default=None, metadata={"help": "CHAIR synonym list ('category, synonym, ...' per line); null: the COCO "
+                                        "list shipped with mmw2s (data_pipelines/chair_coco_synonyms.txt)"})
+    spice: bool = field(default=True, metadata={"help": "compute SPICE when Java and its CoreNLP jars are present"})
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot decode."""
+        if self.chunk_size < 1 or self.num_beams < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("captioning: need chunk_size >= 1, num_beams >= 1, 0 <= min_new_tokens <= max_new_tokens")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"captioning.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
 class EvalConfig:
     """`mmw2s eval`: every model on every benchmark, one CLIP_benchmark-style JSON per pair."""
 
@@ -85,8 +120,9 @@ class EvalConfig:
     benchmarks: list[str] = field(
         default_factory=lambda: ["world:color", "world:shape", "world:size", "world:position",
                                  "world:count", "world:relation", "world:retrieval", "world:captions"],
-        metadata={"help": "world:<color|shape|size|position|count|relation|retrieval|captions|vqa>, "
-                          "wds:/clip_benchmark/folder, imagefolder:/folder"})
+        metadata={"help": "world:<color|shape|size|position|count|relation|retrieval|captions|captioning|vqa>, "
+                          "wds:/clip_benchmark/folder, imagefolder:/folder; captioning (COCO metrics): "
+                          "coco:ANNOTATIONS.json[:IMAGE_DIR], wds-captions:/clip_benchmark/folder"})
     world: Optional[str] = field(default=None, metadata={"help": "world folder (its test/ split) for world:* "
                                                                  "benchmarks"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
@@ -106,6 +142,9 @@ class EvalConfig:
     pairwise: PairwiseConfig = field(default_factory=PairwiseConfig,
                                      metadata={"help": "limits for captioner / ITM scoring"})
     vqa: VqaConfig = field(default_factory=VqaConfig, metadata={"help": "the world:vqa suite"})
+    captioning: CaptioningConfig = field(
+        default_factory=CaptioningConfig, metadata={"help": "the captioning task (world:captioning, coco:..., "
+                                                            "wds-captions:...): decoding, CLIPScore model, CHAIR"})
 
     def validate(self) -> None:
         """Raise ValueError for duplicate model names or settings no run can use."""

@@ -11,15 +11,17 @@ import logging
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
 from data_pipelines.benchmarks import (
-    CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, load_benchmark, load_world_test,
+    CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, check_benchmark, load_benchmark, load_world_test,
     world_suite,
 )
-from data_pipelines.shards import write_json_atomic
+from data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
+from mmw2s.errors import StageError
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
 from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
@@ -29,10 +31,10 @@ log = logging.getLogger(__name__)
 
 HEADLINE = {CLASSIFICATION: ["acc1"], SELECTION: ["acc"], VQA: ["acc"],
             RETRIEVAL: ["image_retrieval_recall@5", "text_retrieval_recall@5"],
-            CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"]}
+            CAPTIONING: ["exact_match", "object_recall", "hallucination_rate"], "captioning": ["CIDEr", "clip_score"]}
 SHORT = {"acc1": "acc1", "acc": "acc", "image_retrieval_recall@5": "T2I R@5",
          "text_retrieval_recall@5": "I2T R@5", "exact_match": "exact", "object_recall": "obj recall",
-         "hallucination_rate": "halluc."}
+         "hallucination_rate": "halluc.", "clip_score": "CLIP-S"}
 
 
 class BenchmarkCache:
@@ -63,8 +65,8 @@ class BenchmarkCache:
 def slug(benchmark: str) -> str:
     """A file-name-safe id of a benchmark spec: ``world:color`` -> ``world-color``."""
     kind, _, arg = benchmark.partition(":")
-    if kind in ("wds", "imagefolder"):
-        arg = Path(arg.rstrip("/")).name
+    if kind in ("wds", "imagefolder", "coco", "wds-captions"):
+        arg = Path(arg.partition(".json:")[0].partition("?")[0].rstrip("/")).name.removesuffix(".json")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{kind}-{arg}" if arg else kind).strip("-")
 
 
@@ -117,37 +119,66 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
     for spec in benchmarks:
         key = spec if isinstance(spec, str) else spec.name
         path = result_path(out_dir, name, key)
-        if path.exists() and not overwrite:
+        done = _finished_metrics(path) if path.exists() and not overwrite else None
+        if done is not None:
             log.info("%s exists: skipped", path)
-            results[key] = json.loads(path.read_text())["metrics"]
+            results[key] = done
             continue
         if scorer is None:
             from mmw2s.evaluate.adapters import build_scorer  # loads torch and the models
 
             scorer = build_scorer(model, device, pairwise, vqa)
         kind = model.kind if isinstance(model, ModelEntry) else ""
-        record = evaluate_one(scorer, cache.get(spec), key, settings, kind)
+        record = evaluate_one(scorer, cache.get(spec), key, replace(settings, result_file=str(path)), kind)
         write_json_atomic(path, record)
         log.info("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
         results[key] = record["metrics"]
     return results
 
 
+def _finished_metrics(path: Path) -> dict | None:
+    """The metrics of an earlier result file, or None (with a warning) when it is corrupt: redo it."""
+    try:
+        metrics = read_state_json(path)["metrics"]
+        if isinstance(metrics, dict):
+            return metrics
+        problem = "its metrics are not an object"
+    except (StateFileError, KeyError) as exn:
+        problem = str(exn)
+    log.warning("%s cannot be used (%s); evaluating that pair again", path, problem)
+    return None
+
+
 def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSettings:
     kwargs = dict(pairwise_max_templates=pairwise.max_templates, pairwise_retrieval_images=pairwise.retrieval_images)
     if cfg is not None:
         kwargs.update(batch_size=cfg.batch_size, recall_k=tuple(cfg.recall_k), limit=cfg.limit,
-                      retrieval_images=cfg.retrieval_images, retrieval_positives=cfg.retrieval_positives)
+                      retrieval_images=cfg.retrieval_images, retrieval_positives=cfg.retrieval_positives,
+                      captioning=cfg.captioning, device=cfg.device)
     return TaskSettings(**kwargs)
 
 
 def run(cfg: EvalConfig) -> dict:
     """Evaluate every model of ``cfg`` on every benchmark; write the per-pair JSONs and the summary."""
     out = Path(cfg.out)
+    check_benchmarks(cfg.benchmarks, BenchmarkCache(cfg.world, cfg.vqa))
     save_config(cfg, out)
     evaluate_models(cfg, cfg.models)
     records = [json.loads(result_path(out, m.name, b).read_text()) for m in cfg.models for b in cfg.benchmarks]
     return write_summary(records, out)
+
+
+def check_benchmarks(specs: Iterable[str], cache: BenchmarkCache) -> None:
+    """Build and check every benchmark before any model is evaluated (a bad folder found after an
+    hour of evaluation costs that hour); a `StageError` lists every problem, one per benchmark."""
+    problems = []
+    for spec in specs:
+        try:
+            check_benchmark(cache.get(spec))
+        except (ValueError, FileNotFoundError) as exn:
+            problems.append(f"{spec}: {exn}")
+    if problems:
+        raise StageError("cannot evaluate on " + "; ".join(problems))
 
 
 def evaluate_models(cfg: EvalConfig, entries: Iterable[ModelEntry]) -> None:

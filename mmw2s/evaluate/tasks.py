@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
 from data_pipelines.benchmarks import CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example
+from data_pipelines.caption_benchmarks import CAPTIONING_TASK
 from mmw2s.evaluate import metrics as M
+from mmw2s.evaluate.captioning import evaluate_captioning
 from mmw2s.evaluate.common import Skipped, batched
 from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
 from mmw2s.evaluate.vqa import VQA, answer
@@ -35,17 +37,23 @@ class TaskSettings:
     retrieval_images: int | None = None  # retrieval subset for every scorer (comparable numbers)
     retrieval_positives: str = "own"  # "own" (CLIP_benchmark) or "shared" (identical captions count too)
     limit: int | None = None  # at most this many examples per benchmark (smoke runs)
+    captioning: Any = None  # CaptioningConfig of the captioning task (None: its defaults)
+    result_file: str | None = None  # MODEL__BENCH.json being made: the captioning task keeps its chunks beside it
+    device: str = "auto"  # where the captioning task's CLIPScore model runs
 
 
 def run_task(scorer: Scorer, bench: Benchmark, settings: TaskSettings) -> tuple[dict, dict]:
     """Evaluate ``scorer`` on ``bench``; raises `Skipped` when the pair makes no sense."""
     runners = {CLASSIFICATION: classify, RETRIEVAL: retrieve, SELECTION: select, CAPTIONING: caption,
-               VQA: answer}
+               VQA: answer, CAPTIONING_TASK: evaluate_captioning}
     if bench.task not in runners:
         raise ValueError(f"unknown task {bench.task!r} of benchmark {bench.name}")
     if isinstance(scorer, AnswerScorer) and bench.task != VQA:
         raise Skipped(f"{type(scorer).__name__} answers questions in words; it has no image-text "
                       f"score for {bench.task}")
+    if not getattr(scorer, "can_score", True) and bench.task in (CLASSIFICATION, RETRIEVAL, SELECTION):
+        raise Skipped(f"{scorer.name} is a prompted VLM captioner: it writes captions (captioning, caption "
+                      f"accuracy, VQA) but has no text likelihood for {bench.task}")
     examples = islice(bench.examples(), settings.limit) if settings.limit else bench.examples()
     with torch.no_grad():
         return runners[bench.task](scorer, bench, examples, settings)

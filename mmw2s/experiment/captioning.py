@@ -7,6 +7,9 @@ PGR is measured against the weak captioner, the model whose captions they were t
 `captioner_gold` as the ceiling: PGR = (student − weak) / (ceiling − weak) for metrics where
 higher is better, and the same gap with the signs turned for the hallucination rate (lower is
 better), so 1 always means "as good as the ceiling". Computed per seed, then mean ± std.
+When the eval also ran `world:captioning` (the captioning task: COCO metrics against every gold
+caption), its CIDEr and CLIPScore join the table and get a PGR of their own (the "mean" PGR stays
+the mean over the three caption-accuracy metrics, so reports with and without them compare).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 CAPTIONS = "world:captions"
 METRICS = ("exact_match", "object_recall", "hallucination_rate")
+COCO_SUITE = "world:captioning"  # the captioning task's suite; its metrics join when it ran
+COCO_METRICS = ("CIDEr", "clip_score")
 LOWER_IS_BETTER = frozenset({"hallucination_rate"})
 WEAK = "weak_captioner"
 CEILING = "captioner_gold"
@@ -41,21 +46,31 @@ def caption_metrics(steps: list[Step]) -> dict[str, dict[str, float]]:
     """`{model: {metric: value}}` on the captions suite of one seed (models that write captions)."""
     eval_step = next(s for s in steps if s.stage == "eval")
     summary = json.loads((Path(eval_step.cfg.out) / "summary.json").read_text())
-    return {model: {m: by[CAPTIONS][m] for m in METRICS if by[CAPTIONS].get(m) is not None}
-            for model, by in summary.items() if CAPTIONS in by}
+    out = {model: {m: by[CAPTIONS][m] for m in METRICS if by[CAPTIONS].get(m) is not None}
+           for model, by in summary.items() if CAPTIONS in by}
+    for model, by in summary.items():
+        coco = by.get(COCO_SUITE) or {}
+        out.setdefault(model, {}).update({m: coco[m] for m in COCO_METRICS if coco.get(m) is not None})
+    return {model: scores for model, scores in out.items() if scores}
+
+
+def metric_keys(per_seed: list[dict[str, dict[str, float]]]) -> tuple[str, ...]:
+    """The caption-accuracy metrics, plus CIDEr / CLIPScore when some model has them."""
+    extra = [m for m in COCO_METRICS if any(m in scores for s in per_seed for scores in s.values())]
+    return (*METRICS, *extra)
 
 
 def caption_pgr(scores: dict[str, dict[str, float]], students: list[str],
-                min_gap: float) -> dict[str, dict[str, float | None]]:
-    """`{student: {metric|mean: PGR}}` of one seed against the weak captioner."""
+                min_gap: float, keys: tuple[str, ...] = METRICS) -> dict[str, dict[str, float | None]]:
+    """`{student: {metric|mean: PGR}}` of one seed against the weak captioner (mean over METRICS)."""
     out = {}
     for student in students:
         row = {}
-        for metric in METRICS:
+        for metric in keys:
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
             values = [scores.get(m, {}).get(metric) for m in (student, WEAK, CEILING)]
             row[metric] = None if None in values else pgr(*(sign * v for v in values), min_gap)
-        defined = [v for v in row.values() if v is not None]
+        defined = [row[k] for k in METRICS if row.get(k) is not None]
         row["mean"] = sum(defined) / len(defined) if defined else None
         out[student] = row
     return out
@@ -72,6 +87,7 @@ class CaptioningResults:
     pgr_per_seed: list[dict[str, dict[str, float | None]]]
     pgr: dict[str, dict[str, tuple]]  # student -> metric|mean -> (mean, std)
     zero_shot_pgr: dict[str, dict[str, tuple]]  # student -> benchmark|mean -> (mean, std)
+    keys: tuple[str, ...] = METRICS  # the metrics shown (CIDEr, CLIPScore too when they were measured)
 
 
 def captioning_results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
@@ -82,29 +98,30 @@ def captioning_results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step
         return None
     per_seed = [caption_metrics(steps) for steps in steps_by_seed.values()]
     models = list(dict.fromkeys(m for s in per_seed for m in s))
-    metrics = {m: {k: mean_std([s.get(m, {}).get(k) for s in per_seed]) for k in METRICS} for m in models}
-    pgr_seeds = [caption_pgr(s, students, cfg.pgr_min_gap) for s in per_seed]
-    keys = [*METRICS, "mean"]
+    shown = metric_keys(per_seed)
+    metrics = {m: {k: mean_std([s.get(m, {}).get(k) for s in per_seed]) for k in shown} for m in models}
+    pgr_seeds = [caption_pgr(s, students, cfg.pgr_min_gap, shown) for s in per_seed]
+    keys = [*shown, "mean"]
     pgr_agg = {st: {k: mean_std([t[st].get(k) for t in pgr_seeds])[:2] for k in keys} for st in students}
     zero = [pgr_table({m: {b: v for b, v in s.get(m, {}).items() if b in benches} for m in s},
                       [WEAK], students, CEILING, cfg.pgr_min_gap) for s in scores_per_seed]
     zero_agg = {st: {k: mean_std([t[st].get(k) for t in zero])[:2] for k in [*benches, "mean"]}
                 for st in students}
-    return CaptioningResults(list(steps_by_seed), students, per_seed, metrics, pgr_seeds, pgr_agg, zero_agg)
+    return CaptioningResults(list(steps_by_seed), students, per_seed, metrics, pgr_seeds, pgr_agg, zero_agg, shown)
 
 
 def captioning_markdown(cap: CaptioningResults, agg: dict[str, dict[str, tuple]], benches: list[str]) -> list[str]:
     """The report's section on the captioning students."""
     models = [m for m in (WEAK, *cap.students, CEILING) if m in cap.metrics or m in agg]
     names = {"exact_match": "exact match", "object_recall": "object recall",
-             "hallucination_rate": "hallucination rate"}
+             "hallucination_rate": "hallucination rate", "CIDEr": "CIDEr", "clip_score": "CLIPScore"}
     scores = markdown_table(
-        ["captioner", *[names[k] for k in METRICS], *benches],
-        [[m, *[fmt(*cap.metrics.get(m, {}).get(k, (None, None))[:2]) for k in METRICS],
+        ["captioner", *[names[k] for k in cap.keys], *benches],
+        [[m, *[fmt(*cap.metrics.get(m, {}).get(k, (None, None))[:2]) for k in cap.keys],
           *[fmt(*agg.get(m, {}).get(b, (None, None))[:2]) for b in benches]] for m in models])
     seed_cols = [f"seed {s}" for s in cap.seeds]
     rows = [[st, names.get(k, k), *[fmt(t[st].get(k), pct=False) for t in cap.pgr_per_seed],
-             fmt(*cap.pgr[st][k], pct=False)] for st in cap.students for k in [*METRICS, "mean"]]
+             fmt(*cap.pgr[st][k], pct=False)] for st in cap.students for k in [*cap.keys, "mean"]]
     zero_keys = [*benches, "mean"]
     zero_shot = ["PGR of the captioning students on the zero-shot suites against the weak captioner alone:", "",
                  markdown_table(["student", *zero_keys],

@@ -25,9 +25,10 @@ from typing import Any, Iterator
 
 from data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from data_pipelines.shards import OtherSettings, ReadLimits, complete_with, ShardEnd, ShardWriter, Skip, expand_urls, is_complete, \
+from data_pipelines.shards import OtherSettings, ReadLimits, complete_with, read_state_json, ShardEnd, ShardWriter, Skip, is_complete, \
     shard_events, shard_name, stats_path, write_json_atomic
 from mmw2s.errors import StageError
+from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 from mmw2s.synthesize.backends import ApiBackend, LocalBackend, Request, Response, TemplateBackend, \
     request_seed, usage_cost
 from mmw2s.synthesize.cache import ResponseCache
@@ -50,10 +51,17 @@ def run(cfg: SynthesizeConfig) -> dict:
 
     out = Path(cfg.out)
     urls = input_urls(cfg.input)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    make_run_folder(out)
     backend = build_backend(cfg)
     fingerprint = run_fingerprint(cfg, backend)
+    with hold_run_folder(out, fingerprint):  # one job per out= (see `mmw2s.run_folder`)
+        save_config(cfg, out)
+        return synthesize_locked(cfg, backend, urls, fingerprint)
+
+
+def synthesize_locked(cfg: SynthesizeConfig, backend: Any, urls: list[str], fingerprint: str) -> dict:
+    """The run once this job holds the run folder."""
+    out = Path(cfg.out)
     todo = [u for u in urls if not shard_done(out, u, fingerprint)]
     log.info("%d input shards, %d complete, %d to do (backend %s)", len(urls), len(urls) - len(todo),
              len(todo), backend.name)
@@ -73,18 +81,6 @@ def run(cfg: SynthesizeConfig) -> dict:
         log.error("shards left incomplete (requests failed after every retry; rerun to redo them): %s",
                   summary["incomplete_shards"])
     return summary
-
-
-def input_urls(spec: str) -> list[str]:
-    """The input shard URLs; outputs are named after them, so names must be distinct."""
-    urls = expand_urls(spec)
-    names = [shard_name(u) for u in urls]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise ValueError(f"input shards share names {clashes[:5]}; synthesize each folder into its own out=")
-    if not urls:
-        raise ValueError(f"no input shards in {spec!r}")
-    return urls
 
 
 def build_backend(cfg: SynthesizeConfig) -> Any:
@@ -196,6 +192,7 @@ class ShardTally(Counter):
     def __init__(self) -> None:
         super().__init__()
         self.damaged: str | None = None  # what went wrong reading the input tar, if anything
+        self.unreadable: str | None = None  # the input's source failed: nothing is written
         self.malformed_examples: list[dict] = []  # the first few rejected responses, to show the user
 
     def note_malformed(self, request_id: str, error: str | None, text: str | None) -> None:
@@ -253,7 +250,7 @@ def _chunks(events: Iterator[Any], size: int, tally: ShardTally) -> Iterator[lis
     chunk: list[dict] = []
     for item in events:
         if isinstance(item, ShardEnd):
-            tally.damaged = item.damaged
+            tally.damaged, tally.unreadable = item.damaged, item.unreadable
         elif isinstance(item, Skip):
             tally[f"skipped_{item.reason}"] += 1
         else:
@@ -269,7 +266,7 @@ def synthesize_shard(url: str, cfg: SynthesizeConfig, backend: Any, fingerprint:
     """Write the images, records and stats of input shard ``url``; returns its counts."""
     out, started = Path(cfg.out), time.perf_counter()
     tally, records, index = ShardTally(), [], 0
-    limits = ReadLimits(require_caption=False)
+    limits = ReadLimits(require_caption=False, io_retries=3)  # a transient read failure is retried
     with ShardWriter(images_path(out, url)) as writer:
         for chunk in _chunks(shard_events(url, limits), cfg.chunk_size, tally):
             planned = [sample_requests(s, index + k, cfg, backend) for k, s in enumerate(chunk)]
@@ -289,6 +286,9 @@ def synthesize_shard(url: str, cfg: SynthesizeConfig, backend: Any, fingerprint:
             if bar is not None:
                 bar.update(len(chunk))
         tally["records"] = len(records)
+        if tally.unreadable:
+            log.error("shard %s could not be read (%s); left incomplete for a rerun", shard_name(url), tally.unreadable)
+            return tally  # leaving the `with` aborts the writer
         if tally["status_failed"]:
             log.error("shard %s: %d requests failed after every retry; left incomplete", shard_name(url),
                       tally["status_failed"])
@@ -330,8 +330,8 @@ def summarize(out: Path, urls: list[str], cfg: SynthesizeConfig, this_run: Count
     """Totals over the stats on disk, plus what this run sent and spent; merges ``llava.json``."""
     stats, incomplete = [], []
     for url in urls:
-        path = stats_path(images_path(out, url))
-        (stats.append(json.loads(path.read_text())) if path.exists() else incomplete.append(shard_name(url)))
+        done = is_complete(images_path(out, url))
+        (stats.append(read_state_json(stats_path(images_path(out, url)))) if done else incomplete.append(shard_name(url)))
     totals = {k: sum(s.get(k, 0) for s in stats) for k in COUNT_KEYS}
     responses = {s: sum(st["responses"].get(s, 0) for st in stats) for s in STATUSES}
     by_kind = Counter()

@@ -9,7 +9,11 @@ OUT/checkpoints/step_000100/
 OUT/final/               the model for the next stage, plus trainer_state.json
 ```
 Every folder is written under a temporary name and renamed into place when complete, so a kill
-leaves either the whole checkpoint or none; `latest_checkpoint` only sees complete ones.
+leaves either the whole checkpoint or none; `latest_checkpoint` only sees complete ones. A
+checkpoint also lists its files with their sizes (`files.json`), and `resume=latest` checks the
+newest against that list (and that its safetensors and trainer state read) before trusting it:
+a checkpoint damaged after it was written (a truncated copy, a lost file) is skipped, with a
+warning, for the newest intact one.
 """
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from safetensors import safe_open
+
+from data_pipelines.shards import StateFileError, read_state_json
+from mmw2s.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ FINAL = "final"
 MODEL = "model"
 STATE = "state"
 TRAINER_STATE = "trainer_state.json"
+MANIFEST = "files.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -106,20 +115,68 @@ def latest_checkpoint(out: str | os.PathLike) -> Optional[Path]:
 
 
 def resolve_resume(out: str | os.PathLike, resume: Optional[str]) -> Optional[Path]:
-    """The checkpoint to resume from: `latest` (None when there is none yet) or a path."""
+    """The checkpoint to resume from: `latest` (the newest intact one; None when there is none
+    yet) or a path (which must be intact)."""
     if resume is None:
         return None
     if resume == "latest":
-        return latest_checkpoint(out)
+        return newest_intact(out)
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {TRAINER_STATE})")
+        raise StageError(f"resume={resume}: not a complete checkpoint (no {TRAINER_STATE})")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise StageError(f"resume={resume}: the checkpoint is broken: {problem}")
     return path
 
 
+def newest_intact(out: str | os.PathLike) -> Optional[Path]:
+    """The newest checkpoint that passes `checkpoint_problem`; broken newer ones are skipped with
+    a warning. Raises `StageError` when there are checkpoints but none is intact."""
+    found = list_checkpoints(out)
+    for folder in reversed(found):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        log.warning("checkpoint %s is broken (%s); resuming from an older one", folder, problem)
+    if found:
+        raise StageError(f"no intact checkpoint in {Path(out) / CHECKPOINTS} (the newest: "
+                         f"{checkpoint_problem(found[-1])}); delete that folder to start anew")
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why checkpoint `folder` cannot be resumed from, or None: its trainer state must parse, every
+    file its manifest lists must exist with its size, and every safetensors file must open."""
+    try:
+        read_trainer_state(folder)
+        manifest = read_state_json(folder / MANIFEST) if (folder / MANIFEST).exists() else {}
+    except (StateFileError, OSError) as exn:
+        return str(exn)
+    for name, size in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} when written"
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass  # the header and the data size it declares are checked on open
+        except Exception as exn:  # noqa: BLE001 - safetensors raises its own error types
+            return f"{path.relative_to(folder)} does not open: {exn}"
+    return None
+
+
 def read_trainer_state(folder: str | os.PathLike) -> dict:
-    """The `trainer_state.json` of a checkpoint or final folder."""
-    return json.loads((Path(folder) / TRAINER_STATE).read_text())
+    """The `trainer_state.json` of a checkpoint or final folder (`StateFileError` naming it if corrupt)."""
+    return read_state_json(Path(folder) / TRAINER_STATE)
+
+
+def _write_manifest(folder: Path) -> None:
+    """`folder/files.json`: every file under `folder` with its size, for `checkpoint_problem`."""
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    _write_json(folder / MANIFEST, files)
 
 
 def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
@@ -155,6 +212,7 @@ def save_checkpoint(accelerator: Any, out: str | os.PathLike, step: int, model: 
     if accelerator.is_main_process:
         export(tmp / MODEL)
         _write_json(tmp / TRAINER_STATE, trainer_state)
+        _write_manifest(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from data_pipelines.shards import ReadLimits, ShardEnd, Skip, clip_text, event_loader, expand_urls
 from mmw2s.train.texts import TextSelector
+from mmw2s.errors import StageError
 
 ImagesToTensor = Callable[[list[Image.Image]], torch.Tensor]  # list of B PIL -> (B, 3, H, W)
 LISTED_SKIPS = 100  # skipped samples named (shard, key, reason) in the stats; the rest only counted
@@ -169,7 +170,7 @@ def _guard_empty(src: Iterable, num_shards: int) -> Iterator:
             empty_ends = empty_ends + 1 if usable == 0 else 0
             usable = 0
             if empty_ends > max(2 * num_shards, 2):
-                raise RuntimeError(
+                raise StageError(
                     f"no readable samples with usable text in {empty_ends} shards in a row (last: "
                     f"{item.url}, damage: {item.damaged}, skipped: {item.skipped}); check the training shards")
         elif not isinstance(item, Skip):

@@ -85,7 +85,7 @@ def run(cfg: TrainConfig) -> Path:
         return model_path(cfg.task, out / ckpt.FINAL)
     resume = ckpt.resolve_resume(out, cfg.resume)
     if resume is None and ckpt.latest_checkpoint(out) is not None:
-        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass resume=latest to "
+        raise StageError(f"{out} holds checkpoints of an earlier run: pass resume=latest to "
                               "continue it, or choose another out= folder")
     accelerator = _accelerator(cfg.mixed_precision)
     set_seed(cfg.seed)  # the same data-independent RNG state on every rank

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mmw2s.bootstrap.config import BootstrapConfig
-from mmw2s.bootstrap.shard import ShardJob, bootstrap_shards, cpu_threads, expected_samples, is_done
+from mmw2s.errors import StageError
+from mmw2s.bootstrap.shard import (ShardJob, bootstrap_shards, cpu_threads, expected_samples, is_done,
+                                   unreadable_shards)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class LocalEngine:
         self.cfg = cfg
         self.state = PartialState(cpu=cfg.device == "cpu")
         if cfg.device == "cuda" and self.state.device.type != "cuda":
-            raise RuntimeError("device=cuda, but this process sees no CUDA device (device=auto falls back to CPU)")
+            raise StageError("device=cuda, but this process sees no CUDA device (device=auto falls back to CPU)")
         # Loaded on first use: a rerun of a finished run (thresholds saved, shards complete) loads nothing.
         self.local_models = functools.cache(lambda: CapFilt.from_config(cfg, self.state.device))
         self._threads = contextlib.ExitStack()
@@ -57,14 +59,16 @@ class LocalEngine:
 
         cfg, state = self.cfg, self.state
         mine = urls[state.process_index::state.num_processes]  # split before checking: ranks agree
-        todo = [u for u in mine if not is_done(Path(cfg.out), u, job.fingerprint)]
+        todo = [u for u in mine if not is_done(Path(cfg.out), u, job.fingerprint, cfg.verify)]
         log.info("rank %d/%d: %d input shards, %d complete, %d to do", state.process_index,
                  state.num_processes, len(mine), len(mine) - len(todo), len(todo))
         models = self.local_models() if todo else None  # loaded before the clock, as on Ray's actors
         start = time.perf_counter()
-        images = self._bootstrap(todo, job, models) if todo else 0
+        stats = self._bootstrap(todo, job, models) if todo else []
+        images = sum(s["decoded"] for s in stats)
         seconds = time.perf_counter() - start
-        ranks = gather_object([{"rank": state.process_index, "images": images, "seconds": round(seconds, 3)}])
+        ranks = gather_object([{"rank": state.process_index, "images": images, "seconds": round(seconds, 3),
+                                "unreadable": unreadable_shards(stats)}])
         ceiling = None
         if cfg.measure_ceiling and self.is_main and images:
             from mmw2s.bootstrap.ceiling import measure_ceiling
@@ -73,8 +77,8 @@ class LocalEngine:
             ceiling["ratio"] = round(images / seconds / ceiling["images_per_s"], 3)
         return ranks, ceiling
 
-    def _bootstrap(self, todo: list[str], job: ShardJob, models: Any) -> int:
-        """Bootstrap `todo` in this process with a progress bar; returns the images decoded."""
+    def _bootstrap(self, todo: list[str], job: ShardJob, models: Any) -> list[dict]:
+        """Bootstrap `todo` in this process with a progress bar; returns the shards' stats."""
         bar = progress_bar(todo, self.cfg.progress and self.state.is_local_main_process)
         counts = {"images": 0, "kept": 0}
 
@@ -85,10 +89,10 @@ class LocalEngine:
             if counts["images"] % 64 == 0:  # cheap enough: the bar redraws at most ~10 times a second anyway
                 bar.set_postfix(kept=f"{counts['kept'] / counts['images']:.1%}", refresh=False)
 
-        decoded = sum(stats["decoded"] for stats in bootstrap_shards(todo, job, models, count))
+        stats = list(bootstrap_shards(todo, job, models, count))
         bar.set_postfix(kept=f"{counts['kept'] / max(counts['images'], 1):.1%}")
         bar.close()
-        return decoded
+        return stats
 
 
 def progress_bar(urls: list[str], show: bool):

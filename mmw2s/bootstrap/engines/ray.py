@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from mmw2s.bootstrap.config import BootstrapConfig
-from mmw2s.bootstrap.shard import ShardJob, ShardReader, bootstrap_shard, cpu_threads, is_done, model_threads
+from mmw2s.bootstrap.shard import (ShardJob, ShardReader, bootstrap_shard, cpu_threads, is_done, model_threads,
+                                   unreadable_shards)
 from mmw2s.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class RayEngine:
     def run_shards(self, urls: list[str], job: ShardJob) -> tuple[list[dict], dict | None]:
         """The incomplete shards among `urls` on the pool; one `{rank, images, shards, seconds}`
         per actor (seconds: the pool's wall time from all actors ready to the last shard)."""
-        todo = [u for u in urls if not is_done(Path(self.cfg.out), u, job.fingerprint)]
+        todo = [u for u in urls if not is_done(Path(self.cfg.out), u, job.fingerprint, self.cfg.verify)]
         log.info("ray: %d input shards, %d complete, %d to do", len(urls), len(urls) - len(todo), len(todo))
         if not todo:  # a finished run starts no actor and loads no model
             return [], None
@@ -131,8 +132,8 @@ class RayEngine:
         start = time.perf_counter()
         done = dispatch(actors, todo, self.cfg.ray.max_retries, progress=self.cfg.progress)
         seconds = round(time.perf_counter() - start, 3)
-        return [{"rank": i, "images": sum(s["decoded"] for s in stats), "shards": len(stats), "seconds": seconds}
-                for i, stats in enumerate(done)], None
+        return [{"rank": i, "images": sum(s["decoded"] for s in stats), "shards": len(stats), "seconds": seconds,
+                 "unreadable": unreadable_shards(stats)} for i, stats in enumerate(done)], None
 
     def _start_pool(self, job: ShardJob, size: int) -> list[Any]:
         """`size` actors with their models loaded (the clock starts after this, as for engine=local)."""
