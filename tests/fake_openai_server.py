@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--never-healthy", action="store_true")
     parser.add_argument("--exit-at-start", action="store_true")
     args = parser.parse_args(argv)
-    print(f"fake server: loading {args.model}", flush=True)
+    print(f"fake server: pid {os.getpid()} loading {args.model}", flush=True)
     if args.exit_at_start:
         print("fake server: CUDA out of memory while loading", flush=True)
         sys.exit(2)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -217,6 +217,20 @@ class CapFilt:
         hidden = model.text_encoder(**tokens, encoder_hidden_states=states,
                                     encoder_attention_mask=atts).last_hidden_state  # (T, L, D)
         return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)
+
+
+@contextlib.contextmanager
+def released(engine: Any) -> Iterator[None]:
+    """On the way out of a run, close the models `engine` loaded in this process: an endpoint
+    captioner's managed server must not outlive its job (an experiment runs the next stages in the
+    same process). Ray actors' servers end with their actors."""
+    try:
+        yield
+    finally:
+        cached = getattr(engine, "local_models", None)
+        info = getattr(cached, "cache_info", None)  # a functools.cache: loaded only if it holds one
+        if info is not None and info().currsize:
+            cached().close()
 
 
 def endpoint_totals(stats: list[dict]) -> dict:

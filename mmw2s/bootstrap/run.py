@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 from data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
-from mmw2s.bootstrap.capfilt import endpoint_totals
+from mmw2s.bootstrap.capfilt import endpoint_totals, released
 from mmw2s.bootstrap.config import BootstrapConfig, captioner_key, rewrite_key
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
@@ -45,7 +45,7 @@ def run(cfg: BootstrapConfig) -> dict:
     """Bootstrap `cfg.input` into `cfg.out` with `cfg.engine`; returns the run summary (on every rank)."""
     from mmw2s.bootstrap.engines import open_engine
 
-    with open_engine(cfg) as engine:
+    with open_engine(cfg) as engine, released(engine):  # a managed inference server stops with the run
         return bootstrap(cfg, engine)
 
 
