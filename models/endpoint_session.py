@@ -130,8 +130,8 @@ class EndpointSession:
         return {**usage.to_json(), "server_restarts": self.restarts}
 
     def close(self) -> None:
-        """Stop the threads, the connections and a managed server."""
-        self.pool.shutdown(wait=True)
+        """Stop the threads (requests not yet sent are dropped), the connections and a managed server."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
         if self.server is not None:
             self.server.stop()
