@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint docs clean
+.PHONY: install demo test test-fast lint docs clean vllm-venv
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m mmw2s.reference
 	$(PY) -m mkdocs build --strict
+
+# vLLM in its own venv (its torch and transformers pins conflict with ours): the endpoint captioner's
+# managed server runs under .venv-vllm/bin/python (captioner.endpoint.server_python).
+VLLM_VENV ?= .venv-vllm
+vllm-venv: $(VLLM_VENV)/.installed-vllm
+
+$(VLLM_VENV)/.installed-vllm: scripts/vllm_venv.sh
+	PYTHON=$(PYTHON) bash scripts/vllm_venv.sh $(VLLM_VENV)
 
 clean:
 	rm -rf runs .pytest_cache site

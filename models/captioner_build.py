@@ -49,15 +49,20 @@ def captioner_config(name: str) -> dict[str, Any]:
 
 
 def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = None,
-                    auto_dtype: str = "float32") -> Captioner:
+                    auto_dtype: str = "float32", run_dir: str | Path | None = None, device: Any = None) -> Any:
     """Build the captioner a spec names.
 
     A registered name (``list_captioners()``) is built from scratch with a word tokenizer trained
     on ``train_captions`` (required then). Any other name is a hub id or local folder loaded with
     ``from_pretrained`` (``load_captioner``), e.g. ``CaptionerSpec(name="Salesforce/blip-image-captioning-base")``,
     a folder written by ``Captioner.save``, or a prompted VLM. ``auto_dtype`` is what
-    ``spec.dtype="auto"`` means for a VLM here (the caller knows the device).
+    ``spec.dtype="auto"`` means for a VLM here (the caller knows the device). ``spec.kind="endpoint"``
+    is an OpenAI-compatible server (``EndpointCaptioner``); it keeps its answer cache and server
+    logs under ``run_dir`` when the spec names no cache folder, and starts a managed server on the
+    GPU of ``device``.
     """
+    if spec.kind == "endpoint":
+        return build_endpoint_captioner(spec, run_dir, device)
     if spec.name not in list_captioners():
         return load_captioner(spec, auto_dtype)
     if train_captions is None:
@@ -76,6 +81,19 @@ def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = 
         else:
             raise ValueError(f"{spec.name}: unknown family {cfg['family']!r}")
     return Captioner(model, tokenizer, processor, max_length=spec.max_length)
+
+
+def build_endpoint_captioner(spec: CaptionerSpec, run_dir: str | Path | None = None, device: Any = None) -> Any:
+    """An ``EndpointCaptioner`` for ``spec`` (starting its server when the spec says vllm / sglang)."""
+    from .endpoint_captioner import EndpointCaptioner
+
+    cache_dir = spec.endpoint.cache_dir or (Path(run_dir) / "cache" / "captions" if run_dir else None)
+    log_dir = Path(run_dir) / "logs" if run_dir else None
+    try:
+        return EndpointCaptioner(spec.endpoint, spec.name, read_prompt(spec.prompt, spec.prompt_file) or "",
+                                 cache_dir=cache_dir, log_dir=log_dir, device=str(device) if device else None)
+    except (ValueError, RuntimeError) as exn:  # bad settings, a server that never came up, a wrong model
+        raise CaptionerLoadError(str(exn)) from exn
 
 
 def load_captioner(spec: CaptionerSpec, auto_dtype: str = "float32") -> Captioner:

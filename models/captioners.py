@@ -57,6 +57,10 @@ class Captioner:
     and generation unwraps it.
     """
 
+    kind = "checkpoint"
+    inputs = "tensors"  # caption() reads input_builder()'s tensors (`models.captioner_protocol`)
+    trainable = True
+
     def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any, max_length: int = 32):
         self.model = model
         self.tokenizer = tokenizer
@@ -223,6 +227,13 @@ class Captioner:
             # a longer text would index past the decoder's position table: truncate to what it has
             max_length = positions
         return cls(model.eval(), tokenizer, image_processor, max_length=max_length)
+
+    def provenance(self) -> dict:
+        """What a bootstrapped sample records about this captioner beyond its name and decoding."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing held outside this process."""
 
     def _core(self) -> PreTrainedModel:
         """The HF model itself, under any DDP / accelerate wrapper."""

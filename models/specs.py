@@ -16,6 +16,52 @@ Real checkpoints are named the same way as our small from-scratch models, e.g.::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EndpointSpec:
+    """An OpenAI-compatible chat-completions server as the captioner (``CaptionerSpec.kind=endpoint``).
+
+    ``server: external`` uses ``base_url``; ``vllm`` / ``sglang`` start a server on 127.0.0.1 on a free
+    port when the captioner loads (one per rank or Ray actor) and stop it when the job ends.
+    """
+
+    server: Literal["external", "vllm", "sglang"] = field(
+        default="external", metadata={"help": "external: a server at base_url (the job never starts or stops "
+                                              "it); vllm / sglang: the job starts one on 127.0.0.1 per rank"})
+    base_url: str | None = field(
+        default=None, metadata={"help": "server=external: e.g. http://gpu-box:8000/v1 or a hosted API's URL"})
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "name of the environment variable holding the API key (the "
+                                                    "key itself is never written anywhere); unset: 'EMPTY'"})
+    server_python: str = field(
+        default=".venv-vllm/bin/python", metadata={"help": "managed servers: the Python that runs the server "
+                                                           "(vLLM in its own venv: `make vllm-venv`)"})
+    server_command: list[str] = field(
+        default_factory=list, metadata={"help": "managed servers: the command; empty: the server kind's own "
+                                                "({python} -m vllm.entrypoints.openai.api_server --model {model} "
+                                                "--host {host} --port {port}); {python} {model} {host} {port} "
+                                                "are filled in"})
+    server_args: list[str] = field(
+        default_factory=list, metadata={"help": "managed servers: extra arguments, e.g. [--max-model-len, '4096']"})
+    health_timeout_s: float = field(
+        default=900.0, metadata={"help": "managed servers: seconds to wait for GET /health (model loading)"})
+    max_restarts: int = field(
+        default=3, metadata={"help": "managed servers: restarts of a server that died mid-run"})
+    concurrency: int = field(default=16, metadata={"help": "requests in flight at once (a thread pool)"})
+    timeout_s: float = field(default=120.0, metadata={"help": "seconds before a request counts as timed out"})
+    max_attempts: int = field(
+        default=6, metadata={"help": "tries per request; 429, 5xx, timeouts and connection errors are retried"})
+    backoff_base_s: float = field(default=1.0, metadata={"help": "first retry delay; doubles per attempt"})
+    backoff_max_s: float = field(default=60.0, metadata={"help": "longest delay between two tries"})
+    jitter: float = field(default=0.25, metadata={"help": "each delay is stretched by up to this fraction"})
+    min_tokens: bool | None = field(
+        default=None, metadata={"help": "send decoding.min_new_tokens as min_tokens (a vLLM / SGLang extension "
+                                        "hosted APIs reject); null: for server=vllm or sglang only"})
+    cache: bool = field(default=True, metadata={"help": "keep answers on disk; a rerun requests nothing again"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "answer cache folder (shareable between runs); null: OUT/cache/captions"})
 
 
 @dataclass
@@ -27,6 +73,10 @@ class CaptionerSpec:
     transformers' image-text-to-text Auto mapping. ``prompt`` .. ``revision`` apply to prompted VLMs.
     """
 
+    kind: Literal["auto", "endpoint"] = field(
+        default="auto", metadata={"help": "auto: a checkpoint, its kind read from its config; endpoint: an "
+                                          "OpenAI-compatible server captions (vLLM, SGLang, TGI, hosted); name "
+                                          "is the model it serves, settings under endpoint"})
     name: str = field(
         default="blip-tiny",
         metadata={
@@ -71,6 +121,8 @@ class CaptionerSpec:
         default=1, metadata={"help": "words seen fewer times in the training captions map to [UNK]"}
     )
     seed: int = field(default=0, metadata={"help": "seed for the from-scratch weight init"})
+    endpoint: EndpointSpec = field(
+        default_factory=EndpointSpec, metadata={"help": "kind=endpoint: the server and how to talk to it"})
 
 
 @dataclass

@@ -82,6 +82,10 @@ class PromptedCaptioner(Captioner):
     stay with the BLIP and VisionEncoderDecoder captioners.
     """
 
+    kind = "prompted"
+    inputs = "tensors"
+    trainable = False  # `models.captioner_protocol.require_trainable` refuses it for training
+
     def __init__(self, model: Any, processor: Any, prompt: str | None = None, chat_template: str = "auto",
                  source: str = "", revision: str | None = None) -> None:
         if chat_template not in CHAT_TEMPLATES:

@@ -187,9 +187,30 @@ def _florence2(words: list[str], image_size: int) -> tuple[Any, Any]:
     return Florence2ForConditionalGeneration(config), Florence2Processor(images, tok)
 
 
+def _qwen2_vl_vllm(words: list[str], image_size: int) -> tuple[Any, Any]:
+    """A Qwen2-VL that vLLM's CPU attention accepts: text head_dim 32 (it rejects 16 and less), so
+    a wider text model (hidden 128, 4 heads) with M-RoPE sections summing to head_dim / 2."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    special = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = word_tokenizer(words, special, QWEN_TEMPLATE, image_token="<|image_pad|>", video_token="<|video_pad|>")
+    ids = _ids(tok, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>")
+    text = _text(tok, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), hidden_size=128, intermediate_size=256,
+                 max_position_embeddings=1024,
+                 rope_parameters={"rope_type": "default", "mrope_section": [8, 4, 4], "rope_theta": 10000.0})
+    config = Qwen2VLConfig(text_config=text, vision_config=dict(depth=1, embed_dim=64, hidden_size=128, num_heads=2,
+                                                                patch_size=14, spatial_merge_size=2,
+                                                                temporal_patch_size=2), **ids)
+    processor = Qwen2VLProcessor(Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=4 * 28 * 28), tok,
+                                 Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
 FAMILIES: dict[str, Callable[[list[str], int], tuple[Any, Any]]] = {
     "blip-2": _blip2, "llava": _llava, "qwen2_vl": _qwen2_vl, "smolvlm": _smolvlm, "paligemma": _paligemma,
-    "florence2": _florence2}
+    "florence2": _florence2, "qwen2_vl_vllm": _qwen2_vl_vllm}
 
 
 def build_tiny_vlm(family: str, folder: str | Path, words: Iterable[str] = (), image_size: int = 32,

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+
+from data_pipelines.shards import shard_name
 
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.errors import StageError
@@ -70,13 +72,15 @@ class CapFilt:
         self.device = torch.device(device)
         self.bf16 = bf16 and self.device.type == "cuda"
         self.captioner_name, self.filter_name = names
+        self.rewriter = None  # LaCLIP-style rewrites of the web captions (`from_config` sets it)
         self.mode = filt.mode if kind == "blip" else "clip"
         for wrapper in (captioner, filt, safety):
+            model = getattr(wrapper, "model", None)  # an endpoint captioner holds no model here
             # a model spread over devices by from_pretrained(device_map=...) stays where it was put
-            if wrapper is not None and not getattr(wrapper.model, "hf_device_map", None):
-                wrapper.model.to(self.device)
-            if wrapper is not None:
-                wrapper.model.eval()
+            if model is not None and not getattr(model, "hf_device_map", None):
+                model.to(self.device)
+            if model is not None:
+                model.eval()
         inputs = captioner.input_builder() if captioner is not None else None
         safety_processor = safety.image_processor if safety is not None else None
         if kind == "clip":
@@ -101,9 +105,14 @@ class CapFilt:
         # `captioner.dtype=auto` of a prompted VLM: bf16 weights where the run autocasts to bf16
         bf16 = cfg.precision == "bf16" and torch.device(device).type == "cuda"
         try:
-            captioner = build_captioner(cfg.captioner, auto_dtype="bfloat16" if bf16 else "float32") if generate else None
+            captioner = build_captioner(cfg.captioner, auto_dtype="bfloat16" if bf16 else "float32",
+                                        run_dir=cfg.out, device=device) if generate else None
         except CaptionerLoadError as exn:
             raise StageError(f"captioner: {exn}") from None
+        try:
+            rewriter = build_rewriter(cfg, captioner, device)
+        except (ValueError, RuntimeError) as exn:  # a bad prompt file, a server that never came up
+            raise StageError(f"rewrite: {exn}") from None
         spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
         filt = build_filter(spec)
         if cfg.filter.kind == "clip":
@@ -118,34 +127,69 @@ class CapFilt:
                 safety = SafetyClassifier.load(spec.name, spec.unsafe_labels, spec.revision)
             except (OSError, ValueError) as exn:
                 raise StageError(f"curation.safety.name={spec.name}: {exn}") from None
-        return cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
-                   names=(cfg.captioner.name if generate else None, filter_name), safety=safety,
-                   safety_settings={"threshold": spec.threshold, "action": spec.action})
+        models = cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
+                     names=(cfg.captioner.name if generate else None, filter_name), safety=safety,
+                     safety_settings={"threshold": spec.threshold, "action": spec.action})
+        models.rewriter = rewriter
+        return models
 
     def provenance(self, cfg: BootstrapConfig) -> dict:
         """The fixed fields of every sample's `mmw2s` block."""
         captioner = {"name": self.captioner_name, "decoding": asdict(self.decoding)}
         if hasattr(self.captioner, "provenance"):  # prompted VLMs: prompt, chat template, revision
             captioner.update(self.captioner.provenance())
-        fixed = {"captioner": captioner, "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+        block = {"captioner": captioner, "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
         if self.safety is not None:
-            fixed["safety"] = {**self.safety.provenance(), **self.safety_settings}
-        return fixed
+            block["safety"] = {**self.safety.provenance(), **self.safety_settings}
+        if self.rewriter is not None:
+            block["rewrite"] = self.rewriter.provenance()
+        return block
+
+    def shard_usage(self, url: str) -> dict:
+        """What the endpoints spent on input shard `url` (requests, retries, cache hits, tokens), for
+        its stats; empty for in-process captioners."""
+        out = {}
+        usage = getattr(self.captioner, "shard_usage", None)
+        if usage is not None:
+            out["endpoint"] = usage(shard_name(url))
+        if self.rewriter is not None and self.rewriter.session is not getattr(self.captioner, "session", None):
+            out["rewrite_endpoint"] = self.rewriter.session.shard_usage(shard_name(url))
+        return out
+
+    def close(self) -> None:
+        """Release what the models hold outside this process (an endpoint's server and threads)."""
+        if hasattr(self.captioner, "close"):
+            self.captioner.close()
+        if self.rewriter is not None and self.rewriter.session is not getattr(self.captioner, "session", None):
+            self.rewriter.session.close()
 
     def _autocast(self):
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def caption(self, inputs: dict, seed: int) -> list[list[str]]:
-        """`decoding.num_captions` captions per image of the batch (none without a captioner)."""
+        """`decoding.num_captions` captions per image of the batch (none without a captioner), then
+        the rewrites of its web caption when rewriting is on (tagged `source="rewrite"`)."""
+        rows = self._caption(inputs, seed)
+        if self.rewriter is None:
+            return rows
+        from models.endpoint_rewriter import RewriteRequest
+
+        requests = [RewriteRequest(im.key, im.shard, text, (im.seed * 1_000_003 + 7) % 2**31)  # not the caption's seed
+                    for im, text in zip(inputs["images"], inputs["web_captions"])]
+        return [list(row) + rewrites for row, rewrites in zip(rows, self.rewriter.rewrite(requests))]
+
+    @torch.inference_mode()
+    def _caption(self, inputs: dict, seed: int) -> list[list[str]]:
         d = self.decoding
         if self.captioner is None:
             return [[] for _ in range(len(inputs["filter"]))]
+        # an endpoint reads the original image bytes (`stages.caption_batch` adds them), others tensors
+        encoded = getattr(self.captioner, "inputs", "tensors") == "encoded"
         with self._autocast():
             return self.captioner.caption(
-                inputs["captioner"], num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
+                inputs["images"] if encoded else inputs["captioner"], num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,
                 max_new_tokens=d.max_new_tokens, min_new_tokens=d.min_new_tokens, seed=seed)
 
     @torch.inference_mode()
@@ -193,6 +237,52 @@ class CapFilt:
         hidden = model.text_encoder(**tokens, encoder_hidden_states=states,
                                     encoder_attention_mask=atts).last_hidden_state  # (T, L, D)
         return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)
+
+
+@contextlib.contextmanager
+def released(engine: Any) -> Iterator[None]:
+    """On the way out of a run, close the models `engine` loaded in this process: an endpoint
+    captioner's managed server must not outlive its job (an experiment runs the next stages in the
+    same process). Ray actors' servers end with their actors."""
+    try:
+        yield
+    finally:
+        cached = getattr(engine, "local_models", None)
+        info = getattr(cached, "cache_info", None)  # a functools.cache: loaded only if it holds one
+        if info is not None and info().currsize:
+            cached().close()
+
+
+def endpoint_totals(stats: list[dict]) -> dict:
+    """The endpoints' counters (requests, retries, cache hits, tokens) summed over shard stats, for
+    the run summary; {} when no shard has any (in-process captioners)."""
+    out = {}
+    for block in ("endpoint", "rewrite_endpoint"):
+        rows = [s[block] for s in stats if isinstance(s.get(block), dict)]
+        if rows:
+            keys = [k for k in rows[0] if k != "server_restarts"]  # per process, not per shard
+            out[block] = {k: sum(r.get(k, 0) for r in rows) for k in keys}
+    return out
+
+
+def build_rewriter(cfg: BootstrapConfig, captioner: Any, device: Any) -> Any:
+    """The LaCLIP-style rewriter a config asks for (None: no rewriting): on the endpoint captioner's
+    own session (server, cache, counters) unless `rewrite.model` names another LLM and endpoint."""
+    rw = cfg.rewrite
+    if rw.num_rewrites == 0:
+        return None
+    from pathlib import Path
+
+    from models.endpoint_rewriter import EndpointRewriter, load_rewrite_prompt
+    from models.endpoint_session import EndpointSession
+
+    session = getattr(captioner, "session", None)
+    if rw.model is not None or session is None:
+        ep = rw.endpoint
+        session = EndpointSession(ep, rw.model, ep.cache_dir or Path(cfg.out) / "cache" / "rewrites",
+                                  Path(cfg.out) / "logs", str(device))
+    return EndpointRewriter(session, load_rewrite_prompt(rw.prompt_file), rw.exemplars, rw.num_rewrites,
+                            rw.temperature, rw.top_p, rw.max_new_tokens)
 
 
 def _pad_id(tokenizer: Any) -> int:

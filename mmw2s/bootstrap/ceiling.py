@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from mmw2s.bootstrap.shard import read_limits
-from mmw2s.bootstrap.stages import Batch, batch_seed, batch_stage
+from mmw2s.bootstrap.stages import Batch, batch_stage, caption_batch
 
 
 def run_batches(urls: list[str], cfg: Any, preprocess: Any, images: int) -> list[Batch]:
@@ -36,11 +36,11 @@ def run_batches(urls: list[str], cfg: Any, preprocess: Any, images: int) -> list
 
 def time_forward(models: Any, batches: list[Batch], seed: int) -> dict:
     """Seconds and images/s of caption + score over `batches`, each once with its own seed."""
-    models.caption(batches[0].inputs, batch_seed(seed, batches[0]))  # warm-up: lazy init, allocator
+    caption_batch(models.caption, batches[0], seed)  # warm-up: lazy init, allocator
     _sync(models)
     start = time.perf_counter()
     for batch in batches:
-        synthetic = models.caption(batch.inputs, batch_seed(seed, batch))
+        synthetic = caption_batch(models.caption, batch, seed)
         texts = [[s["caption"], *caps] for s, caps in zip(batch.samples, synthetic)]
         models.score(batch.inputs, texts)
     _sync(models)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
+from models.specs import CaptionerSpec, DualEncoderSpec, EndpointSpec, ItmSpec
 
 from mmw2s.bootstrap.curation_config import CurationConfig
 
@@ -124,6 +124,39 @@ class RayConfig:
 
 
 @dataclass
+class RewriteConfig:
+    """LaCLIP-style rewrites of each web caption by an LLM behind an OpenAI-compatible endpoint: a third
+    caption source, scored and kept by the filter like synthetic captions (`source: rewrite`)."""
+
+    num_rewrites: int = field(default=0, metadata={"help": "rewrites per web caption; 0: no rewriting"})
+    prompt_file: str = field(default="configs/prompts/rewrite/laclip.yaml", metadata={
+        "help": "instruction + pool of (caption, rewrite) exemplar pairs, YAML"})
+    exemplars: int = field(default=3, metadata={"help": "exemplar pairs in context per request (LaCLIP: k), drawn "
+                                                        "from the pool with the sample's seed"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0: greedy"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass"})
+    max_new_tokens: int = field(default=77, metadata={"help": "longest rewrite in tokens"})
+    model: Optional[str] = field(default=None, metadata={
+        "help": "the LLM; null: the endpoint captioner's own model and server"})
+    endpoint: EndpointSpec = field(default_factory=EndpointSpec, metadata={
+        "help": "the server when rewrite.model is set (same keys as captioner.endpoint)"})
+
+    def validate(self) -> None:
+        """Raise ValueError for rewrites that cannot run or have no prompt file."""
+        from pathlib import Path
+
+        if self.num_rewrites < 0 or self.exemplars < 0 or self.max_new_tokens < 1 or self.temperature < 0:
+            raise ValueError("rewrite.num_rewrites and exemplars must be >= 0, max_new_tokens >= 1, temperature >= 0")
+        if self.num_rewrites == 0:
+            return
+        if self.temperature == 0 and self.num_rewrites > 1:
+            raise ValueError("greedy rewriting (temperature 0) gives one rewrite per caption: set num_rewrites=1")
+        if not Path(self.prompt_file).is_file():
+            raise ValueError(f"rewrite.prompt_file={self.prompt_file}: no such file (a relative path is read from "
+                             f"the current directory, {Path.cwd()})")
+
+
+@dataclass
 class BootstrapConfig:
     """`mmw2s bootstrap`: CapFilt over webdataset shards."""
 
@@ -172,6 +205,8 @@ class BootstrapConfig:
     ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "engine=ray"})
     curation: CurationConfig = field(default_factory=CurationConfig, metadata={
         "help": "dedup / decontamination index and safety classifier, applied before captioning"})
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig, metadata={
+        "help": "LaCLIP-style rewrites of the web captions (a third caption source)"})
 
     def validate(self) -> None:
         """Raise ValueError for sizes that cannot run."""
@@ -187,10 +222,17 @@ class BootstrapConfig:
             raise ValueError(f"io_retries and io_backoff_s must be >= 0, got {self.io_retries} and {self.io_backoff_s}")
         validate_captioner(self.captioner)
         self.decoding.validate()
+        if self.captioner.kind == "endpoint" and self.decoding.num_captions > 0:
+            validate_endpoint(self.captioner, self.decoding)
         self.filter.validate()
         self.thresholds.validate(score_range(self.filter))
         self.ray.validate()
         self.curation.validate()
+        self.rewrite.validate()
+        if self.rewrite.num_rewrites and self.rewrite.model is None and (
+                self.captioner.kind != "endpoint" or self.decoding.num_captions == 0):
+            raise ValueError("rewrite.num_rewrites > 0 needs an LLM endpoint: set rewrite.model (and rewrite.endpoint), "
+                             "or caption with captioner.kind=endpoint, whose model then rewrites too")
 
 
 def score_range(filter_cfg: FilterConfig) -> tuple[float, float]:
@@ -219,3 +261,61 @@ def validate_captioner(spec: CaptionerSpec) -> None:
     if spec.prompt is not None and spec.prompt.strip() != text:
         raise ValueError(f"captioner.prompt and captioner.prompt_file={spec.prompt_file} disagree: set one")
     spec.prompt = text
+
+
+def validate_endpoint(spec: CaptionerSpec, decoding: DecodingConfig) -> None:
+    """Settings an OpenAI-compatible endpoint cannot serve, caught before any server starts."""
+    ep = spec.endpoint
+    if decoding.method == "beam":
+        raise ValueError("captioner.kind=endpoint: beam search is not part of the chat-completions API; use "
+                         "decoding.method=nucleus or greedy")
+    if not (spec.prompt or "").strip():
+        raise ValueError("captioner.kind=endpoint needs captioner.prompt (or prompt_file), e.g. "
+                         "'Describe this image in one sentence.'")
+    if ep.server == "external" and not ep.base_url:
+        raise ValueError("captioner.endpoint.server=external needs captioner.endpoint.base_url (e.g. "
+                         "http://localhost:8000/v1), or set server=vllm to let the job start one")
+    if ep.concurrency < 1 or ep.max_attempts < 1 or ep.max_restarts < 0:
+        raise ValueError("captioner.endpoint.concurrency and max_attempts must be >= 1, max_restarts >= 0")
+    if ep.timeout_s <= 0 or ep.health_timeout_s <= 0:
+        raise ValueError("captioner.endpoint.timeout_s and health_timeout_s must be > 0")
+
+
+# How a request travels (where, how many at once, how patiently) never changes an answer.
+_TRANSPORT = ("base_url", "api_key_env", "server_python", "server_command", "server_args", "health_timeout_s",
+              "max_restarts", "concurrency", "timeout_s", "max_attempts", "backoff_base_s", "backoff_max_s",
+              "jitter", "cache", "cache_dir")
+
+
+def captioner_key(spec: CaptionerSpec) -> dict:
+    """The captioner settings that decide captions, for the run fingerprint.
+
+    A checkpoint captioner (kind=auto) keys as before endpoints existed, so older run folders
+    resume; an endpoint leaves out its transport, so a resumed run may use another URL, port or
+    concurrency (the model id is checked against the server's own list when it loads).
+    """
+    from dataclasses import asdict
+
+    key = asdict(spec)
+    endpoint = key.pop("endpoint")
+    if spec.kind == "auto":
+        key.pop("kind")
+        return key
+    key["endpoint"] = {k: v for k, v in endpoint.items() if k not in _TRANSPORT}
+    return key
+
+
+def rewrite_key(cfg: "BootstrapConfig") -> dict:
+    """The rewrite settings that decide output, for the run fingerprint ({} without rewrites, so
+    runs without them key as before); the prompt file by its content."""
+    import hashlib
+    from dataclasses import asdict
+    from pathlib import Path
+
+    rw = cfg.rewrite
+    if rw.num_rewrites == 0:
+        return {}
+    key = {k: v for k, v in asdict(rw).items() if k not in ("endpoint", "prompt_file")}
+    key["endpoint"] = {k: v for k, v in asdict(rw.endpoint).items() if k not in _TRANSPORT} if rw.model else None
+    key["prompt_sha256"] = hashlib.sha256(Path(rw.prompt_file).read_bytes()).hexdigest()
+    return {"rewrite": key}

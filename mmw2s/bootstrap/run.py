@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator
 from data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
-from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.capfilt import endpoint_totals, released
+from mmw2s.bootstrap.config import BootstrapConfig, captioner_key, rewrite_key
 from mmw2s.bootstrap.curation import fingerprint_keys
 from mmw2s.bootstrap.shard import ShardJob, read_limits
 from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
@@ -45,7 +46,7 @@ def run(cfg: BootstrapConfig) -> dict:
     """Bootstrap `cfg.input` into `cfg.out` with `cfg.engine`; returns the run summary (on every rank)."""
     from mmw2s.bootstrap.engines import open_engine
 
-    with open_engine(cfg) as engine:
+    with open_engine(cfg) as engine, released(engine):  # a managed inference server stops with the run
         return bootstrap(cfg, engine)
 
 
@@ -104,11 +105,11 @@ def settings_fingerprint(cfg: BootstrapConfig) -> str:
 
 def _fingerprint(cfg: BootstrapConfig, thresholds: dict) -> str:
     used = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
-    keys = {"captioner": asdict(cfg.captioner), "decoding": asdict(cfg.decoding),
+    keys = {"captioner": captioner_key(cfg.captioner), "decoding": asdict(cfg.decoding),
             "filter": {"kind": cfg.filter.kind, **asdict(used)},
             "thresholds": thresholds, "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
-            "captions": [cfg.max_caption_chars, cfg.long_captions], **fingerprint_keys(cfg)}
+            "captions": [cfg.max_caption_chars, cfg.long_captions], **fingerprint_keys(cfg), **rewrite_key(cfg)}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -201,5 +202,5 @@ def summarize(out: Path, urls: list[str], thresholds: Thresholds, ranks: list[di
         "thresholds": thresholds.to_json(),
         "images_this_run": images, "seconds": seconds,
         "images_per_s": round(images / seconds, 2) if seconds > 0 and images else None,
-        "ranks": ranks, "ceiling": ceiling,
+        "ranks": ranks, "ceiling": ceiling, **endpoint_totals(stats),
     }

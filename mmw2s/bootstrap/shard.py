@@ -147,7 +147,8 @@ def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
     stream = caption_stage(curated(shard.track(events), cfg, models), models.caption, cfg.seed)
     stream = score_stage(stream, models.score)
     stream = decide_stage(stream, job.thresholds, selection, models.provenance(cfg))
-    with ShardOutputs(job.shards_dir, {"fingerprint": job.fingerprint}) as outputs:
+    usage = getattr(models, "shard_usage", None)  # an endpoint captioner's requests per shard
+    with ShardOutputs(job.shards_dir, {"fingerprint": job.fingerprint}, usage) as outputs:
         for item in shard.guard(write_stage(stream, outputs)):
             if isinstance(item, dict) and on_sample is not None:
                 on_sample(item)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 from data_pipelines.shards import ShardEnd, Skip, shard_name
+from models.captioner_protocol import EncodedImage
 
 from mmw2s.bootstrap.thresholds import Thresholds
 
@@ -131,11 +133,56 @@ def batch_seed(seed: int, batch: Batch) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+def sample_seed(seed: int, url: str, key: str) -> int:
+    """One sample's own sampling seed, a hash of (run seed, shard name, key), 31 bits (what every
+    OpenAI-compatible server takes as `seed`)."""
+    text = f"{seed}:{shard_name(url)}:{key}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**31 - 1)
+
+
+class EncodedImages(Sequence):
+    """The batch's images as their original bytes, each with its own seed (what an endpoint
+    captioner reads), made on access: captioners that read tensors never pay for them."""
+
+    def __init__(self, seed: int, batch: Batch) -> None:
+        self.seed, self.batch, self.name = seed, batch, shard_name(batch.url)
+
+    def __len__(self) -> int:
+        return len(self.batch.samples)
+
+    def __getitem__(self, i: int) -> EncodedImage:  # type: ignore[override]
+        s = self.batch.samples[i]
+        return EncodedImage(s["__key__"], self.name, s["image_bytes"], s["image_ext"],
+                            sample_seed(self.seed, self.batch.url, s["__key__"]))
+
+
+class WebCaptions(Sequence):
+    """The batch's web captions, read on access (a LaCLIP-style rewriter rewrites them)."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch.samples)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self.batch.samples[i]["caption"]
+
+
+def caption_batch(caption: CaptionFn, batch: Batch, seed: int) -> list[list[str]]:
+    """The captioner's captions of one batch: its inputs plus, under `images`, the original bytes
+    with per-sample seeds (references into the batch: no copy) and, under `web_captions`, the web
+    captions (for LaCLIP-style rewrites), seeded per batch."""
+    batch.inputs["images"] = EncodedImages(seed, batch)
+    batch.inputs["web_captions"] = WebCaptions(batch)  # what a rewriter rewrites
+    return [list(caps) for caps in caption(batch.inputs, batch_seed(seed, batch))]
+
+
 def caption_stage(items: Iterable[Any], caption: CaptionFn, seed: int) -> Iterator[Any]:
     """Add `batch.synthetic`: the captioner's captions for every image, seeded per batch."""
     for item in items:
         if isinstance(item, Batch):
-            item.synthetic = [list(caps) for caps in caption(item.inputs, batch_seed(seed, item))]
+            item.synthetic = caption_batch(caption, item, seed)
             if len(item.synthetic) != len(item):
                 raise RuntimeError(f"captioner returned {len(item.synthetic)} rows for {len(item)} images")
         yield item
@@ -167,7 +214,8 @@ class Selection:
     nothing_kept: str = "drop"  # "drop" the sample, or "flag" it (.txt = its web caption, json says so)
 
 
-INVALID_REASONS = ("empty", "special_tokens", "prompt")
+# the last three come from an endpoint captioner (`models.captioner_protocol.InvalidCaption`)
+INVALID_REASONS = ("empty", "special_tokens", "prompt", "refused", "malformed", "rejected")
 _MARKUP = re.compile(r"<[^<>\s]+>")  # <loc0042>, <image>, <|im_end|>
 _MARKUP_ONLY = re.compile(r"(?:\s*<[^<>\s]+>)+\s*")
 
@@ -210,18 +258,21 @@ def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthet
     web_kept = math.isfinite(web_score) and web_score >= thresholds.web
     syn = []
     for c, s in zip(synthetic, synthetic_scores):
-        entry = {"caption": c, "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
-        reason = invalid_caption(c, prompt)
+        entry = {"caption": str(c), "score": _score(s), "kept": math.isfinite(s) and s >= thresholds.synthetic}
+        if getattr(c, "source", None):  # a LaCLIP-style rewrite of the web caption
+            entry["source"] = c.source
+        reason = getattr(c, "invalid", None) or invalid_caption(c, prompt)
         if reason:
             entry.update(kept=False, invalid=reason)
         syn.append(entry)
     kept_syn = [x for x in syn if x["kept"]]
     best_syn = max(kept_syn, key=lambda x: x["score"], default=None)  # first of equals wins
     web = {"caption": web_caption, "score": web_score} if web_kept else None
-    order = {"web_first": [("web", web), ("synthetic", best_syn)],
-             "synthetic_first": [("synthetic", best_syn), ("web", web)]}.get(selection.choose)
+    syn_source = best_syn.get("source", "synthetic") if best_syn else "synthetic"
+    order = {"web_first": [("web", web), (syn_source, best_syn)],
+             "synthetic_first": [(syn_source, best_syn), ("web", web)]}.get(selection.choose)
     if order is None:  # "best": the highest score among kept captions; the web caption wins ties
-        candidates = [c for c in [("web", web), ("synthetic", best_syn)] if c[1] is not None]
+        candidates = [c for c in [("web", web), (syn_source, best_syn)] if c[1] is not None]
         order = sorted(candidates, key=lambda c: -c[1]["score"])
     source, pick = next(((s, p) for s, p in order if p is not None), (None, None))
     return {

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -85,6 +85,7 @@ class ShardTally:
             "skipped_samples": self.skipped_samples, "changed_by_reason": end.changed,
             "web_kept": self.web_kept, "synthetic": self.synthetic, "synthetic_kept": self.synthetic_kept,
             "chosen_web": self.chosen["web"], "chosen_synthetic": self.chosen["synthetic"],
+            **({"chosen_rewrite": self.chosen["rewrite"]} if self.chosen["rewrite"] else {}),
             "nothing_kept": self.nothing_kept, "dropped": self.dropped, "written": self.written,
             "synthetic_invalid": sum(self.synthetic_invalid.values()),
             "synthetic_invalid_by_reason": dict(self.synthetic_invalid), "filter_truncated": self.filter_truncated,
@@ -104,9 +105,11 @@ class ShardOutputs:
     `.partial` leftovers exist, and a rerun redoes the partial ones.
     """
 
-    def __init__(self, folder: str | Path, extra_stats: dict | None = None) -> None:
+    def __init__(self, folder: str | Path, extra_stats: dict | None = None,
+                 shard_extra: Callable[[str], dict] | None = None) -> None:
         self.folder = Path(folder)
         self.extra = dict(extra_stats or {})
+        self.shard_extra = shard_extra  # input URL -> more stats of that shard (an endpoint's requests)
         self.open: dict[str, tuple[ShardWriter, ShardTally]] = {}
         self.metadata = ShardMetadata(self.folder)  # NAME.parquet beside each shard (`parquet.py`)
 
@@ -142,11 +145,12 @@ class ShardOutputs:
         """
         writer, tally = self._get(end.url)
         del self.open[end.url]
+        extra = {**self.extra, **(self.shard_extra(end.url) if self.shard_extra else {})}
         if end.unreadable:
             writer.abort()
             self.metadata.discard(end.url)
             return {"input": end.url, "unreadable": end.unreadable, "decoded": tally.decoded, "written": 0}
-        stats = tally.stats(end, self.extra)
+        stats = tally.stats(end, extra)
         self.metadata.finish(end.url, stats)  # before the stats file, which marks the shard complete
         return writer.close(stats)
 

@@ -61,11 +61,12 @@ def card(sample: dict) -> dict | None:
     if not isinstance(block, dict) or not isinstance(block.get("synthetic", []), list):
         return None
     synthetic = [{"caption": _text(s.get("caption")) or "", "score": _score(s.get("score")),
-                  "kept": bool(s.get("kept")), "invalid": _text(s.get("invalid"))}
+                  "kept": bool(s.get("kept")), "invalid": _text(s.get("invalid")),
+                  "source": "rewrite" if s.get("source") == "rewrite" else "synthetic"}
                  for s in block.get("synthetic", []) if isinstance(s, dict)]
     chosen = _text(block.get("chosen"))
     nothing = bool(block.get("nothing_kept", chosen is None)) or chosen is None
-    source = block.get("chosen_source") if block.get("chosen_source") in ("web", "synthetic") else None
+    source = block.get("chosen_source") if block.get("chosen_source") in ("web", "synthetic", "rewrite") else None
     web_kept = bool(block.get("web_kept"))
     truth = meta.get("truth")
     return {

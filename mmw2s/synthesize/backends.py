@@ -3,15 +3,14 @@
 Every backend turns `Request`s into `Response`s whose ``text`` is the JSON that
 `data_pipelines.instructions.parse_turns` reads, so counting malformed output is one code path.
 The model backends go through the on-disk `ResponseCache`: a response already paid for is never
-requested again. The API backend owns its retry policy (the ``openai`` client's own retries are
-switched off): 408/409/429, 5xx, timeouts and connection errors are retried with exponential
-backoff and jitter (honouring ``Retry-After``); any other 4xx is a rejected request.
+requested again. The API backend talks through ``models.openai_client.ChatClient``, the client the
+bootstrap's endpoint captioner uses too: 408/409/429, 5xx, timeouts and connection errors are
+retried with exponential backoff and jitter (honouring ``Retry-After``); any other 4xx is a
+rejected request.
 """
 from __future__ import annotations
 
 import logging
-import os
-import random
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from data_pipelines.instructions import turns_to_json
+from models.openai_client import ChatClient, RetryPolicy
+
 from mmw2s.synthesize.cache import ResponseCache, cache_key
 from mmw2s.synthesize.captions import ParsedCaption
 from mmw2s.synthesize.config import ApiConfig, LocalConfig
@@ -152,20 +153,17 @@ class _CachedBackend:
 
 
 class ApiBackend(_CachedBackend):
-    """Chat completions through the official ``openai`` client, any compatible server."""
+    """Chat completions through the project's one OpenAI-compatible client (``models.openai_client``),
+    the same the bootstrap's endpoint captioner uses: any compatible server."""
 
     name = "api"
 
     def __init__(self, cfg: ApiConfig, prompts: dict[str, LlmPrompt], cache: ResponseCache | None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        import openai
-
         super().__init__(prompts, cache)
-        self.cfg, self.model, self._sleep, self._openai = cfg, cfg.model, sleep, openai
-        # A local server needs some key; the client refuses to start without one.
-        api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=api_key, max_retries=0,
-                                    timeout=cfg.timeout_s)
+        self.cfg, self.model = cfg, cfg.model
+        self.policy = RetryPolicy(cfg.timeout_s, cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, cfg.jitter)
+        self.chat = ChatClient(cfg.base_url, cfg.api_key_env, self.policy, sleep=sleep)
         self.params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
                        **({"seed": cfg.seed} if cfg.seed is not None else {}),
                        **({"response_format": {"type": "json_object"}} if cfg.json_mode else {})}
@@ -175,60 +173,21 @@ class ApiBackend(_CachedBackend):
         """Responses in request order; at most ``concurrency`` requests in flight."""
         return list(self.pool.map(self.respond_one, requests))
 
-    def _retryable(self, exn: Exception) -> bool:
-        o = self._openai
-        if isinstance(exn, (o.APITimeoutError, o.APIConnectionError)):
-            return True
-        return isinstance(exn, o.APIStatusError) and (exn.status_code in (408, 409, 429) or exn.status_code >= 500)
-
     def delay(self, attempt: int, exn: Exception | None = None) -> float:
         """Seconds to wait after failed try ``attempt`` (1-based): doubling, capped, jittered."""
-        cfg = self.cfg
-        wait = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (attempt - 1))
-        wait *= 1.0 + cfg.jitter * random.random()
-        retry_after = getattr(getattr(exn, "response", None), "headers", {}).get("retry-after")
-        try:
-            wait = max(wait, float(retry_after)) if retry_after is not None else wait
-        except ValueError:  # an HTTP date; the computed backoff stands
-            pass
-        return min(wait, cfg.backoff_max_s)
+        return self.policy.delay(attempt, exn)
 
     def _call(self, messages: list[dict], seed: int) -> Response:
-        o, error = self._openai, None
-        for attempt in range(1, self.cfg.max_attempts + 1):
-            try:
-                completion = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                                  **self.params)
-            except o.APIResponseValidationError as exn:
-                return Response("malformed", attempts=attempt, error=f"invalid completion: {exn}")
-            except o.OpenAIError as exn:
-                error = f"{type(exn).__name__}: {exn}"
-                if not self._retryable(exn):
-                    return Response("rejected", attempts=attempt, error=error)
-                if attempt < self.cfg.max_attempts:
-                    log.debug("attempt %d failed (%s); retrying", attempt, error)
-                    self._sleep(self.delay(attempt, exn))
-                continue
-            except ValueError as exn:  # a 200 whose body is not JSON at all
-                return Response("malformed", attempts=attempt, error=f"{type(exn).__name__}: {exn}")
-            return _completion_response(completion, attempt)
-        return Response("failed", attempts=self.cfg.max_attempts, error=error)
+        result = self.chat.complete(self.model, messages, **self.params)
+        if result.status != "ok":
+            return Response(result.status, attempts=result.attempts, error=result.error)
+        return Response("ok", text=result.choices[0].text, attempts=result.attempts,
+                        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
 
     def close(self) -> None:
         """Stop the worker threads and the HTTP client."""
         self.pool.shutdown(wait=True)
-        self.client.close()
-
-
-def _completion_response(completion: Any, attempts: int) -> Response:
-    """A `Response` from an ``openai`` ChatCompletion (no choices: malformed)."""
-    choices = getattr(completion, "choices", None)
-    if not choices or choices[0].message is None:
-        return Response("malformed", attempts=attempts, error="completion without choices")
-    usage = getattr(completion, "usage", None)
-    return Response("ok", text=choices[0].message.content or "", attempts=attempts,
-                    prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+        self.chat.close()
 
 
 # --------------------------------------------------------------------------------------------

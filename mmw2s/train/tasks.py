@@ -31,6 +31,7 @@ from mmw2s.train.data import TokenCache
 from mmw2s.train.conversations import llava_sources, stage1_turns, stage2_selector, vocabulary_texts
 from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from models.captioner_build import build_captioner, list_captioners
+from models.captioner_protocol import NotTrainableError, require_trainable
 from models.captioners import Captioner
 from models.dual_encoders import DualEncoder, build_dual_encoder
 from models.llava import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, LlavaStudent, images_to_tensor, registered_lms
@@ -74,6 +75,9 @@ class CaptionerTask:
     def __init__(self, cfg: TrainConfig, selector: TextSelector, resume_model: Optional[Path]) -> None:
         self.cfg, self.selector = cfg, selector
         spec = cfg.captioner
+        if spec.kind == "endpoint":  # refused before building it: that would start a server
+            raise NotTrainableError("mmw2s train task=captioner needs a trainable captioner (BLIP or "
+                                    "VisionEncoderDecoder); captioner.kind=endpoint only captions")
         if resume_model is not None:  # the checkpoint's own tokenizer, not one rebuilt from data
             self.captioner = Captioner.load(resume_model, max_length=spec.max_length)
         elif spec.name in list_captioners():
@@ -82,6 +86,7 @@ class CaptionerTask:
             self.captioner = build_captioner(spec, captions)
         else:
             self.captioner = build_captioner(spec)
+        require_trainable(self.captioner, "mmw2s train task=captioner")
         self.module = self.captioner.model
         self.images_to_tensor = ProcessorImages(self.captioner.image_processor)
 
