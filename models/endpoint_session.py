@@ -9,6 +9,7 @@ requests the server rejects become `InvalidCaption`s with their reason; retries 
 """
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +65,16 @@ class EndpointSession:
 
     def _revive(self, exn: Exception) -> None:
         """Before retrying a failed connection: restart a managed server that died."""
-        if self.server is None or self.server.alive():
+        if self.server is None:
+            return
+        if self.server.alive():
+            # A refused connection from a process that still runs: it may be dying (on a busy
+            # machine its exit takes a while). Give it a moment rather than spending every retry.
+            try:
+                self.server.proc.wait(timeout=min(self.spec.timeout_s, 10))
+            except (subprocess.TimeoutExpired, AttributeError):
+                return  # still running: a transient failure, retried as usual
+        if self.server.alive():
             return
         with self._lock:
             if self.server.alive():
