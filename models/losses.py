@@ -36,6 +36,10 @@ sets; both directions, the relation is symmetric). With distinct captions it is 
 loss. In ``aux_confidence`` the hardened prediction is the student's argmax *caption*: spread the
 same way over the columns sharing the argmax column's caption, so the student is not made to
 prefer one copy of a caption over another at random.
+Where identical captions have identical embeddings (a text tower without dropout), the one-hot
+target's push on a copy cancels its pull: ``contrastive`` and ``weighted`` then have the same
+value and parameter gradients either way, and ``multi_positive`` changes only the hardened
+text -> image target of ``aux_confidence`` (all copies of a caption hardening to one image).
 """
 
 from __future__ import annotations
