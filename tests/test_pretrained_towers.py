@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.dual_encoders import build_dual_encoder
+from models.dual_encoders import DualEncoder, build_dual_encoder
 from models.pretrained_towers import load_timm_tower, resolve_weights
 from models.specs import DualEncoderSpec
 
@@ -50,6 +50,11 @@ def test_a_timm_checkpoint_loads_into_the_open_clip_tower_as_timm_loads_it(tmp_p
     assert dual.model.visual.image_mean == (0.5, 0.5, 0.5)  # timm's normalization for these weights
     scratch = build_dual_encoder(DualEncoderSpec(arch=ARCH))
     assert not torch.equal(scratch.model.visual.trunk.conv_stem.weight, dual.model.visual.trunk.conv_stem.weight)
+    # a saved student reloads with its tower and its normalization (open_clip_config.json)
+    dual.save(tmp_path / "student")
+    again = DualEncoder.load(tmp_path / "student")
+    assert tuple(again.model.visual.image_mean) == (0.5, 0.5, 0.5)
+    _same_features(again, reference)
 
 
 def test_a_checkpoint_of_another_architecture_fails_naming_the_file(tmp_path):

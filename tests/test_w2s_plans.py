@@ -72,6 +72,9 @@ def test_blip_rounds_without_a_captioning_student_keep_the_weak_captioner(tmp_pa
     by_name = {s.name: s for s in steps}
     assert "filter_finetune_r2" in by_name and "captioner_finetune_r2" not in by_name
     assert by_name["bootstrap_r2"].cfg.captioner.name == _final(by_name["weak_captioner"])
+    with pytest.raises(ConfigError, match="rounds >= 2"):
+        load_config(ExperimentConfig, EXPERIMENTS / "rounds_blip.yaml",
+                    [f"out={tmp_path}", "sweep.key=", "renew=finetune_on_clean", "rounds=1"])
     with pytest.raises(ConfigError, match="renew_finetune.lr"):
         load_config(ExperimentConfig, EXPERIMENTS / "rounds_blip.yaml",
                     [f"out={tmp_path}", "sweep.key=", "renew=finetune_on_clean", "renew_finetune.lr=fast"])

@@ -128,6 +128,8 @@ class ExperimentConfig:
             raise ValueError("captioner_pretrain_steps must be >= 0")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.renew == "finetune_on_clean" and self.rounds < 2:
+            raise ValueError("renew=finetune_on_clean renews the teachers of rounds 2..N: set rounds >= 2")
         if self.rounds > 1 and "bootstrapped" not in self.students:
             raise ValueError("rounds > 1 needs the 'bootstrapped' student: it filters the next round")
         if captioners and self.pipeline == "llava":
