@@ -146,7 +146,7 @@ def test_multi_positive_needs_caption_ids_and_a_known_mode():
 def test_clip_task_gives_the_loss_ids_of_identical_captions():
     """`loss.duplicates=multi_positive` reaches the loss: the task's value is the multi-positive
     loss of its own features with ids equal exactly for identical captions."""
-    from mmw2s.config import load_config
+    from mmw2s.config import ConfigError, load_config
     from mmw2s.train.config import TrainConfig
     from mmw2s.train.tasks import ClipTask
     from mmw2s.train.texts import TextSelector
@@ -167,6 +167,8 @@ def test_clip_task_gives_the_loss_ids_of_identical_captions():
     ids = seen["ids"]
     assert ids.shape == (4,) and ids[0] == ids[2] == ids[3] and ids[0] != ids[1]
     torch.testing.assert_close(ids, caption_ids(texts))
+    with pytest.raises(ConfigError, match="loss.duplicates=multi_positive"):
+        load_config(TrainConfig, None, ["data=unused", "out=unused", "task=captioner", "loss.duplicates=multi_positive"])
     cfg.loss.duplicates = "distinct"
     plain = ClipTask(cfg, TextSelector(cfg.text))
     real, plain.loss_fn = plain.loss_fn, recording

@@ -171,6 +171,9 @@ class TrainConfig:
         if self.loss_name not in allowed:
             raise ValueError(f"loss.name={self.loss_name} is not available for task={self.task} "
                              f"(choose from {', '.join(allowed)})")
+        if self.loss.duplicates != "distinct" and self.task != "clip":
+            raise ValueError(f"loss.duplicates={self.loss.duplicates} applies to the contrastive losses of "
+                             f"task=clip, not to task={self.task}")
         if self.resume not in (None, "latest") and not self.resume:
             raise ValueError("resume must be null, 'latest' or a checkpoint folder")
         if self.task == "llava":
