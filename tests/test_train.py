@@ -270,7 +270,8 @@ def _world_images(spec):
 @pytest.mark.parametrize("overrides", [
     ("loss.name=weighted", "text.source=json", "text.weight_field=mmw2s.chosen_score"),
     ("loss.name=aux_confidence", "text.source=mix", "loss.aux_warmup_frac=0.5"),
-], ids=["weighted-json", "aux_confidence-mix"])
+    ("loss.name=aux_confidence", "text.source=mix", "loss.duplicates=multi_positive"),
+], ids=["weighted-json", "aux_confidence-mix", "aux_confidence-multi_positive"])
 def test_student_losses_train_on_bootstrapped_shards(tmp_path, overrides):
     from mmw2s.train import loss_history, run
 

@@ -94,6 +94,14 @@ class ExperimentConfig:
         "help": "iterative bootstrapping: round r+1 bootstraps web again with round r's bootstrapped "
                 "CLIP student as the filter and, when captioner_bootstrapped is a student, round r's "
                 "captioning student as the captioner (else the weak captioner stays)"})
+    renew: Literal["students_as_is", "finetune_on_clean"] = field(default="students_as_is", metadata={
+        "help": "rounds > 1: how round r's bootstrapped students become round r+1's teachers. "
+                "students_as_is: as they are; finetune_on_clean: BLIP's loop, each first fine-tuned on "
+                "world/clean (the CLIP student with its contrastive loss becomes the filter, the "
+                "captioning student with its LM loss the captioner)"})
+    renew_finetune: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "renew=finetune_on_clean: keys of `mmw2s train` for both fine-tunes (e.g. steps, lr, "
+                "warmup_steps), over the student's own section (student / captioner_student)"})
     sweep: SweepConfig = field(default_factory=SweepConfig, metadata={
         "help": "run the experiment once per value of one key and plot PGR against it"})
     pipeline: Literal["capfilt", "llava"] = field(default="capfilt", metadata={
@@ -132,6 +140,8 @@ class ExperimentConfig:
             raise ValueError("captioner_pretrain_steps must be >= 0")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.renew == "finetune_on_clean" and self.rounds < 2:
+            raise ValueError("renew=finetune_on_clean renews the teachers of rounds 2..N: set rounds >= 2")
         if self.rounds > 1 and "bootstrapped" not in self.students:
             raise ValueError("rounds > 1 needs the 'bootstrapped' student: it filters the next round")
         if captioners and self.pipeline == "llava":

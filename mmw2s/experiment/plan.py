@@ -5,7 +5,8 @@
              filter-only (filtered), captioner + filter (bootstrapped), gold captions (ceiling)
           -> rounds 2..N: CapFilt again over the same web split with round r's bootstrapped
              students as the teachers (the CLIP student filters; the captioning student, when
-             there is one, captions), and new students on the result
+             there is one, captions), as they are or (renew=finetune_on_clean, BLIP's loop)
+             first fine-tuned on the clean split, and new students on the result
           -> eval of teachers and students -> audit of every bootstrap
 
 Stage folders are keyed by config (`mmw2s.experiment.planner`); `pipeline: llava` plans in
@@ -106,7 +107,8 @@ def _plan_rounds(p: Planner, cfg: ExperimentConfig, t: Teachers, students: dict[
     as the teachers, then new students (from scratch, the same budgets) on its output.
 
     The filter is the last round's bootstrapped CLIP student; the captioner its bootstrapped
-    captioning student when the experiment trains one, else the weak captioner throughout.
+    captioning student when the experiment trains one, else the weak captioner throughout. With
+    `renew=finetune_on_clean` each is first fine-tuned on world/clean (`_plan_finetunes`).
     """
     from mmw2s.bootstrap.config import BootstrapConfig
 
@@ -115,8 +117,11 @@ def _plan_rounds(p: Planner, cfg: ExperimentConfig, t: Teachers, students: dict[
     text = merge({"source": "txt"}, cfg.bootstrapped_text)
     for r in range(2, cfg.rounds + 1):
         assert clip is not None  # validate() requires the bootstrapped CLIP student for rounds > 1
-        teachers = {"filter": clip_filter(_final(clip)),
-                    "captioner": {"name": _final(captioner) if captioner else t.captioner}}
+        filter_from, captioner_from = clip, captioner
+        if cfg.renew == "finetune_on_clean":
+            filter_from, captioner_from = _plan_finetunes(p, cfg, t, clip, captioner, seed, r)
+        teachers = {"filter": clip_filter(_final(filter_from)),
+                    "captioner": {"name": _final(captioner_from) if captioner_from else t.captioner}}
         boot = p.add(f"bootstrap_r{r}", "bootstrap", BootstrapConfig,
                      merge(cfg.bootstrap, merge(t.boot_common, teachers)), "bootstrap")
         shards = str(Path(boot.cfg.out) / "shards")
@@ -125,6 +130,28 @@ def _plan_rounds(p: Planner, cfg: ExperimentConfig, t: Teachers, students: dict[
             captioner = _plan_student(p, cfg, "captioner_bootstrapped", shards, text, seed, f"_r{r}")
             out[f"captioner_bootstrapped_r{r}"] = captioner
     return out
+
+
+def _plan_finetunes(p: Planner, cfg: ExperimentConfig, t: Teachers, clip: Step, captioner: Step | None,
+                    seed: int, r: int) -> tuple[Step, Step | None]:
+    """BLIP's renewal: round r-1's bootstrapped students fine-tuned on world/clean (the split the
+    weak teachers learned from) become round r's filter (contrastive loss) and captioner (LM loss).
+
+    Each starts from the student's trained `final/` and keeps its own section's settings (its
+    architecture, batch size), with `renew_finetune`'s keys over them; the caption is the clean
+    split's own (`text.source=txt`), and no tower prior is loaded again (the student holds it).
+    """
+    from mmw2s.train.config import TrainConfig
+
+    clean = {"data": str(t.world_dir / "clean"), "seed": seed, "text": {"source": "txt"}, "reads_truth": False}
+    dual = {"arch": f"local-dir:{_final(clip)}", "pretrained": None, "image_tower_weights": None}
+    section = merge(merge(cfg.student, cfg.renew_finetune), {"task": "clip", "dual_encoder": dual, **clean})
+    new_filter = p.add(f"filter_finetune_r{r}", "train", TrainConfig, section, "renew_finetune")
+    if captioner is None:
+        return new_filter, None
+    section = merge(merge(merge(cfg.weak_captioner, cfg.captioner_student), cfg.renew_finetune),
+                    {"task": "captioner", "captioner": {"name": _final(captioner)}, **clean})
+    return new_filter, p.add(f"captioner_finetune_r{r}", "train", TrainConfig, section, "renew_finetune")
 
 
 def plan(cfg: ExperimentConfig, source: str = "experiment") -> dict[int, list[Step]]:

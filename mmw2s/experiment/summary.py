@@ -363,6 +363,8 @@ def _report_text(cfg: ExperimentConfig, res: Results, steps_by_seed: dict, out: 
         renew = ("and round r's bootstrapped captioning student as the captioner"
                  if "captioner_bootstrapped" in cfg.students else
                  "(the weak captioner stays: no captioning student is trained)")
+        if cfg.renew == "finetune_on_clean":
+            renew += ", each first fine-tuned on the clean split (BLIP's loop: renew=finetune_on_clean)"
         sections += ["## Iterative rounds", "",
                      "Round r+1 bootstraps the same web split again with round r's bootstrapped CLIP "
                      f"student as the filter {renew}; each round's students start from scratch with the "

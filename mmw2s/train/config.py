@@ -54,6 +54,10 @@ class LossConfig:
     aux_warmup_frac: float = field(default=0.2, metadata={
         "help": "aux_confidence: fraction of the steps over which the weight ramps up from 0"})
 
+    duplicates: Literal["distinct", "multi_positive"] = field(default="distinct", metadata={
+        "help": "clip: identical captions in a batch. distinct: each pair its own class (CLIP's "
+                "one-hot target, which pushes apart identical captions); multi_positive: they are "
+                "shared positives (the target spreads over every copy; models/losses.py)"})
     gather_ranks: bool = field(default=True, metadata={
         "help": "clip with several processes: contrast against the embeddings of every rank "
                 "(the global batch, as open_clip does) rather than the local batch only"})
@@ -167,6 +171,9 @@ class TrainConfig:
         if self.loss_name not in allowed:
             raise ValueError(f"loss.name={self.loss_name} is not available for task={self.task} "
                              f"(choose from {', '.join(allowed)})")
+        if self.loss.duplicates != "distinct" and self.task != "clip":
+            raise ValueError(f"loss.duplicates={self.loss.duplicates} applies to the contrastive losses of "
+                             f"task=clip, not to task={self.task}")
         if self.resume not in (None, "latest") and not self.resume:
             raise ValueError("resume must be null, 'latest' or a checkpoint folder")
         if self.task == "llava":

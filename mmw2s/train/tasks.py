@@ -17,6 +17,7 @@ A task may also set `data`, the shards the loop reads when they are not `cfg.dat
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import random
 from pathlib import Path
@@ -119,8 +120,9 @@ class ClipTask:
         self.module = self.dual.model
         self.images_to_tensor = TransformImages(self.dual.preprocess_train)
         self.texts_to_tokens = TokenCache(self.dual.tokenizer)  # runs in workers, off the training thread
-        kwargs = ({"aux_coef": cfg.loss.aux_coef, "warmup_frac": cfg.loss.aux_warmup_frac}
-                  if cfg.loss_name == "aux_confidence" else {})
+        kwargs: dict[str, Any] = {"duplicates": cfg.loss.duplicates}
+        if cfg.loss_name == "aux_confidence":
+            kwargs.update(aux_coef=cfg.loss.aux_coef, warmup_frac=cfg.loss.aux_warmup_frac)
         self.loss_fn = build_loss(cfg.loss_name, **kwargs)
 
     def attach(self, prepared: torch.nn.Module) -> None:
@@ -134,10 +136,12 @@ class ClipTask:
         out = self.dual.model(batch["pixel_values"].to(device), tokens)
         img, txt = out["image_features"], out["text_features"]  # (B, D) each, normalized
         weights = batch["weights"].to(device)  # (B,)
+        ids = caption_ids(batch["texts"]).to(device) if self.cfg.loss.duplicates == "multi_positive" else None
         if self.cfg.loss.gather_ranks and _world() > 1:
             img, txt, weights = _gather_with_grad(img), _gather_with_grad(txt), _gather_with_grad(weights)
+            ids = _gather(ids) if ids is not None else None
         return self.loss_fn(img, txt, out["logit_scale"], weights=weights,
-                            step_frac=step / self.cfg.steps)
+                            step_frac=step / self.cfg.steps, caption_ids=ids)
 
     def export(self, folder: Path) -> None:
         """`open_clip_model.safetensors` + `open_clip_config.json` (open_clip loads both)."""
@@ -235,6 +239,16 @@ class TransformImages:
         return self._batched(images)
 
 
+def caption_ids(texts: list[str]) -> torch.Tensor:
+    """`(B,)` int64 ids, equal exactly when the captions are (a 63-bit BLAKE2b of the text).
+
+    A hash rather than an index into the batch, so ids from different ranks agree when the batch
+    is gathered across ranks; a 63-bit collision between two distinct captions is negligible.
+    """
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big") >> 1
+                         for t in texts], dtype=torch.int64)
+
+
 def _world() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -245,6 +259,13 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()), dim=0)  # (world * B, ...)
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` of every rank along dim 0 (no gradient: integer ids)."""
+    parts = [torch.empty_like(x) for _ in range(_world())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)  # (world * B,)
 
 
 def training_captions(data: str, selector: TextSelector, limit: int) -> list[str]:
