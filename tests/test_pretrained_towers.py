@@ -1,5 +1,6 @@
 """Students with priors: a timm image tower loaded from a local checkpoint, strictly."""
 import importlib.util
+import os
 
 import pytest
 import safetensors.torch

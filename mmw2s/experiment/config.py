@@ -100,6 +100,7 @@ class ExperimentConfig:
                 "world/clean (the CLIP student with its contrastive loss becomes the filter, the "
                 "captioning student with its LM loss the captioner)"})
     renew_finetune: dict[str, Any] = field(default_factory=dict, metadata={
+        "keys_of": "train",
         "help": "renew=finetune_on_clean: keys of `mmw2s train` for both fine-tunes (e.g. steps, lr, "
                 "warmup_steps), over the student's own section (student / captioner_student)"})
     sweep: SweepConfig = field(default_factory=SweepConfig, metadata={
