@@ -36,11 +36,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, iter_samples
-from data_pipelines.tar_reader import tar_stream
-from data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, gold_caption, sample_scene
-from data_pipelines.world.scene import gold_plan, render_plan
-from data_pipelines.world.vocab import INVERSE_RELATION
+from mmw2s.data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, iter_samples
+from mmw2s.data_pipelines.tar_reader import tar_stream
+from mmw2s.data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, gold_caption, sample_scene
+from mmw2s.data_pipelines.world.scene import gold_plan, render_plan
+from mmw2s.data_pipelines.world.vocab import INVERSE_RELATION
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def load_benchmark(spec: str, world: str | None = None) -> Benchmark:
     if kind == "imagefolder":
         return read_imagefolder(arg)
     if kind in ("coco", "wds-captions"):
-        from data_pipelines.caption_benchmarks import load_caption_benchmark  # it imports this module
+        from mmw2s.data_pipelines.caption_benchmarks import load_caption_benchmark  # it imports this module
 
         return load_caption_benchmark(spec)
     raise ValueError(f"unknown benchmark {spec!r}: use world:<{'|'.join(WORLD_SUITES)}>, "
@@ -256,7 +256,7 @@ def _retrieval_suite(name: str, items: list[dict]) -> Benchmark:
 
 
 def _captioning_suite(name: str, items: list[dict]) -> Benchmark:
-    from data_pipelines.caption_benchmarks import world_captioning  # it imports this module
+    from mmw2s.data_pipelines.caption_benchmarks import world_captioning  # it imports this module
 
     return world_captioning(items)
 

@@ -33,10 +33,10 @@ import braceexpand
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.sample_decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, JSON_EXTS, READ_EXTS, TEXT_EXTS,
+from mmw2s.data_pipelines.sample_decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, JSON_EXTS, READ_EXTS, TEXT_EXTS,
                                           ReadLimits, Skip, clip_text, decode_sample, is_safe_key, safe_key,
                                           strict_json_value, viewed_rgb)
-from data_pipelines.tar_reader import TAR_SUFFIXES, ShardEnd, open_shard, shard_events, shard_name
+from mmw2s.data_pipelines.tar_reader import TAR_SUFFIXES, ShardEnd, open_shard, shard_events, shard_name
 
 __all__ = ["clip_text", "DEFAULT_MAX_PIXELS", "IMAGE_EXTS", "JSON_EXTS", "READ_EXTS", "TEXT_EXTS", "ReadLimits", "Skip",
            "ShardEnd", "ShardError", "decode_sample", "is_safe_key", "safe_key", "strict_json_value",

@@ -43,7 +43,7 @@ from typing import IO, Any, Callable, Iterator
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
-from data_pipelines.sample_decode import READ_EXTS, ReadLimits, Skip, clip_text, decode_sample, safe_key
+from mmw2s.data_pipelines.sample_decode import READ_EXTS, ReadLimits, Skip, clip_text, decode_sample, safe_key
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from data_pipelines.shards import ReadLimits, iter_samples, shard_name
-from data_pipelines.world.vocab import COLORS, POSITIONS, RELATION_PHRASE, SHAPES, SIZES
+from mmw2s.data_pipelines.shards import ReadLimits, iter_samples, shard_name
+from mmw2s.data_pipelines.world.vocab import COLORS, POSITIONS, RELATION_PHRASE, SHAPES, SIZES
 
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "position", "relation")
 # LLaVA-1.5's instruction for short-answer VQA; the student sees it at training and evaluation.

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def user_error(exn: Exception) -> str | None:
     """The one-line message of an error the user or the environment caused, None for a bug."""
-    from data_pipelines.shards import ShardError, StateFileError  # loads torch: not for `mmw2s --help`
+    from mmw2s.data_pipelines.shards import ShardError, StateFileError  # loads torch: not for `mmw2s --help`
 
     if isinstance(exn, StageError):
         return str(exn)

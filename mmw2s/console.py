@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-PACKAGES = ("mmw2s", "data_pipelines", "models")
+PACKAGES = ("mmw2s",)  # models and data_pipelines install as mmw2s.models, mmw2s.data_pipelines
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 # accelerate's `save_state` writes safetensors, which cannot hold two names for one tensor, so it

@@ -46,7 +46,7 @@ class ExportConfig:
 
 def run(cfg: ExportConfig) -> dict[str, str]:
     """Write every suite's folder; returns suite -> folder."""
-    from data_pipelines.benchmarks import load_world_test, world_suite, write_wds_benchmark
+    from mmw2s.data_pipelines.benchmarks import load_world_test, world_suite, write_wds_benchmark
 
     items = load_world_test(cfg.world)
     folders = {}
@@ -63,7 +63,7 @@ def run(cfg: ExportConfig) -> dict[str, str]:
 
 def export_captioning(bench, out: Path, shard_size: int) -> dict[str, str]:
     """The world's caption suite as a COCO caption folder and as a CLIP_benchmark folder."""
-    from data_pipelines.caption_benchmarks import write_coco_captions, write_wds_captions
+    from mmw2s.data_pipelines.caption_benchmarks import write_coco_captions, write_wds_captions
 
     coco = write_coco_captions(bench, out / "world_captioning_coco")
     wds = write_wds_captions(bench, out / "world_captioning_wds", shard_size=shard_size)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 def open_clip_train_main(argv: Sequence[str] | None = None) -> None:
     """`open_clip_train.main` with our architectures registered and the EOF fix applied."""
-    import models
+    from mmw2s import models
 
     models.register()
     fix_webdataset_eof()
@@ -44,7 +44,7 @@ def open_clip_train_main(argv: Sequence[str] | None = None) -> None:
 
 def clip_benchmark_main(argv: Sequence[str] | None = None) -> None:
     """`clip_benchmark`'s CLI with our architectures registered and the NumPy fix applied."""
-    import models
+    from mmw2s import models
 
     models.register()
     from clip_benchmark import cli

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from mmw2s.resources import config_dir
+
+CONFIG_DIR = config_dir()  # the shipped default configs (package data, or the checkout's configs/)
+
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ def _resolve(target: str) -> Any:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("world", "generate the synthetic web world (clean / web / test shards)",
-          "data_pipelines.world.spec:WorldConfig", "mmw2s.world:run", "world.yaml"),
+          "mmw2s.data_pipelines.world.spec:WorldConfig", "mmw2s.world:run", "world.yaml"),
     Stage("bootstrap", "CapFilt over shards: caption, filter, write bootstrapped shards",
           "mmw2s.bootstrap.config:BootstrapConfig", "mmw2s.bootstrap.run:run", "bootstrap.yaml"),
     Stage("curate", "one pass over input shards: exact / near duplicates and benchmark contamination -> index.parquet",

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import models.timm_towers  # noqa: F401 - registers the mmw2s_convnet_* towers with timm
-from models.llava_spec import LlavaSpec
+import mmw2s.models.timm_towers  # noqa: F401 - registers the mmw2s_convnet_* towers with timm
+from mmw2s.models.llava_spec import LlavaSpec
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_TOKEN_ID = -200  # LLaVA's sentinel: never a real token id
@@ -97,8 +97,8 @@ def build_vision_tower(spec: LlavaSpec, load_weights: bool = True) -> tuple[Visi
     else:
         # The dual-encoder builder knows our architectures, JSON configs and "local-dir:" folders
         # (e.g. a trained CLIP student); only its visual tower is kept.
-        from models.dual_encoders import build_dual_encoder
-        from models.specs import DualEncoderSpec
+        from mmw2s.models.dual_encoders import build_dual_encoder
+        from mmw2s.models.specs import DualEncoderSpec
 
         dual = build_dual_encoder(DualEncoderSpec(arch=spec.vision_tower, pretrained=pretrained,
                                                   image_size=spec.image_size, seed=spec.seed))
@@ -155,7 +155,7 @@ def build_lm(spec: LlavaSpec, texts: Iterable[str] = ()) -> tuple[nn.Module, Any
     if spec.lm not in registered_lms():
         tokenizer = AutoTokenizer.from_pretrained(spec.lm)
         return AutoModelForCausalLM.from_pretrained(spec.lm), tokenizer
-    from models.tokenizers import build_word_tokenizer
+    from mmw2s.models.tokenizers import build_word_tokenizer
 
     tokenizer = build_word_tokenizer([*chat_words(spec), *texts], max_vocab=spec.max_vocab,
                                      min_frequency=spec.min_word_freq, model_max_length=spec.max_length)

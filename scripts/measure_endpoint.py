@@ -20,11 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from models.captioner_protocol import EncodedImage
-from models.endpoint_captioner import EndpointCaptioner
-from models.specs import EndpointSpec
-from models.vlm_captioner import PromptedCaptioner
-from models.vlm_tiny import build_tiny_vlm
+from mmw2s.models.captioner_protocol import EncodedImage
+from mmw2s.models.endpoint_captioner import EndpointCaptioner
+from mmw2s.models.specs import EndpointSpec
+from mmw2s.models.vlm_captioner import PromptedCaptioner
+from mmw2s.models.vlm_tiny import build_tiny_vlm
 
 PROMPT = "Describe this image in one sentence."
 WORDS = "a red green blue small large circle square star triangle left right of the and".split()

@@ -14,7 +14,7 @@ from typing import Iterable
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
-from data_pipelines.shards import READ_EXTS, is_safe_key
+from mmw2s.data_pipelines.shards import READ_EXTS, is_safe_key
 
 
 def jpeg(color="red", size=(16, 16)) -> bytes:
@@ -84,7 +84,7 @@ def expected_accounting(path: Path) -> tuple[int, int]:
 
 def build_tiny_models(folder: Path) -> Path:
     """A BLIP captioner and a BLIP ITM filter with random weights, saved as users' would be."""
-    from models import CaptionerSpec, ItmSpec, build_captioner, build_itm_filter
+    from mmw2s.models import CaptionerSpec, ItmSpec, build_captioner, build_itm_filter
 
     captions = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("square", "circle", "star")]
     build_captioner(CaptionerSpec(name="blip-tiny"), train_captions=captions).save(folder / "captioner")

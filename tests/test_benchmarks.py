@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from data_pipelines import benchmarks as B
-from data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, WorldConfig, generate_world
-from data_pipelines.world.spec import SplitConfig
-from data_pipelines.world.vocab import INVERSE_RELATION, RELATION_PHRASE
+from mmw2s.data_pipelines import benchmarks as B
+from mmw2s.data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, WorldConfig, generate_world
+from mmw2s.data_pipelines.world.spec import SplitConfig
+from mmw2s.data_pipelines.world.vocab import INVERSE_RELATION, RELATION_PHRASE
 
 
 @pytest.fixture(scope="module")

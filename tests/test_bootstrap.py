@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipelines.shards import ReadLimits, ShardEnd, ShardWriter, Skip, is_complete, iter_samples
+from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, ShardWriter, Skip, is_complete, iter_samples
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.stages import (Batch, Selection, batch_seed, batch_stage, caption_stage, decide,
                                     decide_stage, score_stage)
@@ -206,7 +206,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),
@@ -217,7 +217,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, world):
     """A BLIP captioner, a BLIP ITM filter and an open_clip dual encoder, saved as users' would be."""
-    from models import CaptionerSpec, DualEncoderSpec, ItmSpec, build_captioner, build_dual_encoder, build_itm_filter
+    from mmw2s.models import CaptionerSpec, DualEncoderSpec, ItmSpec, build_captioner, build_dual_encoder, build_itm_filter
 
     folder = tmp_path_factory.mktemp("models")
     captions = [s["caption"] for s in iter_samples(str(world))]

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from data_pipelines.shards import ShardEnd, ShardWriter, iter_samples
-from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+from mmw2s.data_pipelines.shards import ShardEnd, ShardWriter, iter_samples
+from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 from mmw2s.bootstrap.stages import Batch, Selection, decide_stage
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage

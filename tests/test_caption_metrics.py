@@ -16,7 +16,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from data_pipelines import caption_benchmarks as CB  # noqa: E402
+from mmw2s.data_pipelines import caption_benchmarks as CB  # noqa: E402
 from mmw2s.evaluate import caption_metrics as CM  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,8 +147,8 @@ def test_clip_score_and_ref_clip_score_by_hand():
 
 def test_clip_cosines_of_an_open_clip_model_are_its_normalised_embeddings():
     from mmw2s.evaluate.captioning import clip_cosines
-    from models.dual_encoders import build_dual_encoder
-    from models.specs import DualEncoderSpec
+    from mmw2s.models.dual_encoders import build_dual_encoder
+    from mmw2s.models.specs import DualEncoderSpec
 
     dual = build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny"))
     dual.model.eval()
@@ -184,7 +184,7 @@ def test_chair_counts_on_hand_made_captions():
 
 
 def test_chair_with_the_world_vocabulary():
-    from data_pipelines.world import SHAPES
+    from mmw2s.data_pipelines.world import SHAPES
 
     vocab = CM.ChairVocab.from_synonyms([], SHAPES)  # the world's shapes name themselves
     out = CM.chair(["a small red circle above a large blue star", "two crosses"],
@@ -264,13 +264,13 @@ def _png() -> bytes:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from data_pipelines.benchmarks import load_world_test
-    from data_pipelines.world import WorldConfig, generate_world
-    from data_pipelines.world.spec import SplitConfig
+    from mmw2s.data_pipelines.benchmarks import load_world_test
+    from mmw2s.data_pipelines.world import WorldConfig, generate_world
+    from mmw2s.data_pipelines.world.spec import SplitConfig
     from mmw2s.export import ExportConfig, run as export
-    from models.captioner_build import build_captioner
-    from models.dual_encoders import build_dual_encoder
-    from models.specs import CaptionerSpec, DualEncoderSpec
+    from mmw2s.models.captioner_build import build_captioner
+    from mmw2s.models.dual_encoders import build_dual_encoder
+    from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec
 
     root = tmp_path_factory.mktemp("captioning")
     generate_world(WorldConfig(out=str(root / "world"), workers=1, clean=SplitConfig(0), web=SplitConfig(0),
@@ -294,7 +294,7 @@ def _eval_config(root: Path, out: Path, benchmarks: list[str]):
 
 
 def test_export_writes_both_forms_with_every_gold_caption(exported):
-    from data_pipelines.benchmarks import load_world_test, paraphrases
+    from mmw2s.data_pipelines.benchmarks import load_world_test, paraphrases
 
     root, folders = exported
     coco = json.loads((Path(folders["captioning_coco"]) / "captions_test.json").read_text())
@@ -374,11 +374,11 @@ def test_the_report_adds_cider_and_clip_score_with_their_pgr(tmp_path):
 
 
 def test_a_prompted_vlm_is_scored_by_the_captioning_task(exported, tmp_path, monkeypatch):
-    from data_pipelines.benchmarks import load_world_test
+    from mmw2s.data_pipelines.benchmarks import load_world_test
     from mmw2s.config import load_config
     from mmw2s.evaluate import run as R
     from mmw2s.evaluate.config import EvalConfig
-    from models.vlm_tiny import build_tiny_vlm
+    from mmw2s.models.vlm_tiny import build_tiny_vlm
 
     root, _ = exported
     words = {w for it in load_world_test(root / "world") for w in it["gold_caption"].split()}

@@ -16,8 +16,8 @@ from mmw2s.report import benchmark_order, headline, results_table
 def test_from_scratch_dual_encoder_builds_without_the_random_init_warning(caplog):
     import open_clip
 
-    from models.dual_encoders import build_dual_encoder
-    from models.specs import DualEncoderSpec
+    from mmw2s.models.dual_encoders import build_dual_encoder
+    from mmw2s.models.specs import DualEncoderSpec
 
     with caplog.at_level(logging.WARNING):
         build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny"))

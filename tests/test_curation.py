@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_pipelines.image_hash import HashIndex, hamming, phash
-from data_pipelines.shards import ShardEnd, Skip, iter_samples
+from mmw2s.data_pipelines.image_hash import HashIndex, hamming, phash
+from mmw2s.data_pipelines.shards import ShardEnd, Skip, iter_samples
 from hostile_tars import build_tiny_models, bootstrap, sample, write_tar
 from mmw2s.bootstrap.curation import curation_stage
 from mmw2s.bootstrap.curation_config import CurationConfig, SafetyConfig
@@ -69,7 +69,7 @@ def planted(tmp_path_factory):
     """The world's web shards, plus two shards planting: 3 test images re-encoded and resized, an exact
     and a near copy of web images (the exact copy twice, across shards), a truncated JPEG and a
     decompression bomb."""
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("planted")
     generate_world(WorldConfig(out=str(root / "world"), workers=1, samples_per_shard=8, clean=SplitConfig(0),
@@ -171,7 +171,7 @@ class FakeSafety:
     """Scores from the batch's `inputs["safety"]` values themselves (the test's known outcome)."""
 
     def score(self, pixels):
-        from models.safety import SafetyScores
+        from mmw2s.models.safety import SafetyScores
 
         values = pixels.tolist()
         return SafetyScores(values, ["nsfw"] * len(values))
@@ -319,7 +319,7 @@ def test_a_tiny_classifier_with_a_fixed_bias_drops_every_image_over_threshold(pl
 
 
 def test_a_safety_label_the_checkpoint_lacks_is_refused_by_name(tiny):
-    from models.safety import SafetyClassifier
+    from mmw2s.models.safety import SafetyClassifier
 
     with pytest.raises(ValueError, match=r"unsafe labels \['porn'\] are not among its labels \['nsfw', 'safe'\]"):
         SafetyClassifier.load(str(tiny / "safety"), ["porn"])

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipelines.shards import is_complete, iter_samples, ReadLimits
-from models.captioner_protocol import EncodedImage, NotTrainableError, require_trainable
-from models.endpoint_captioner import EndpointCaptioner, EndpointError, decoding_params
-from models.endpoint_server import ServerStartError
-from models.specs import CaptionerSpec, EndpointSpec
+from mmw2s.data_pipelines.shards import is_complete, iter_samples, ReadLimits
+from mmw2s.models.captioner_protocol import EncodedImage, NotTrainableError, require_trainable
+from mmw2s.models.endpoint_captioner import EndpointCaptioner, EndpointError, decoding_params
+from mmw2s.models.endpoint_server import ServerStartError
+from mmw2s.models.specs import CaptionerSpec, EndpointSpec
 from tests.fake_openai_server import FakeOpenAI, fake_caption
 
 HERE = Path(__file__).resolve().parent
@@ -152,7 +152,7 @@ def test_answers_are_cached_by_image_prompt_decoding_and_seed(server, tmp_path):
 
 
 def test_training_refuses_an_endpoint_captioner(server):
-    from models import build_captioner
+    from mmw2s.models import build_captioner
 
     captioner = EndpointCaptioner(spec(server), "fake-vlm", PROMPT)
     try:
@@ -205,7 +205,7 @@ def test_a_managed_server_that_never_comes_up_says_why_with_its_log(tmp_path, fl
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),
@@ -215,7 +215,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from models import DualEncoderSpec, build_dual_encoder
+    from mmw2s.models import DualEncoderSpec, build_dual_encoder
 
     folder = tmp_path_factory.mktemp("clip") / "clip"
     build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny")).save(folder)
@@ -423,7 +423,7 @@ def test_rewrites_are_scored_kept_and_recorded_as_a_third_source(world, clip, tm
 
 
 def test_a_rewrite_prompt_file_without_its_fields_is_named_in_the_error(tmp_path):
-    from models.endpoint_rewriter import load_rewrite_prompt
+    from mmw2s.models.endpoint_rewriter import load_rewrite_prompt
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("instruction: rewrite\nexemplars:\n  - caption: a\n")

@@ -12,7 +12,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from data_pipelines.benchmarks import CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example  # noqa: E402
+from mmw2s.data_pipelines.benchmarks import CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example  # noqa: E402
 from mmw2s.config import ConfigError, load_config  # noqa: E402
 from mmw2s.evaluate import metrics as M  # noqa: E402
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig  # noqa: E402
@@ -171,13 +171,13 @@ def test_default_config_loads_and_bad_entries_are_refused():
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    from data_pipelines.benchmarks import load_world_test
-    from data_pipelines.world import WorldConfig, generate_world
-    from data_pipelines.world.spec import SplitConfig
-    from models.captioner_build import build_captioner
-    from models.dual_encoders import build_dual_encoder
-    from models.itm import build_itm_filter
-    from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
+    from mmw2s.data_pipelines.benchmarks import load_world_test
+    from mmw2s.data_pipelines.world import WorldConfig, generate_world
+    from mmw2s.data_pipelines.world.spec import SplitConfig
+    from mmw2s.models.captioner_build import build_captioner
+    from mmw2s.models.dual_encoders import build_dual_encoder
+    from mmw2s.models.itm import build_itm_filter
+    from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
 
     root = tmp_path_factory.mktemp("eval")
     generate_world(WorldConfig(out=str(root / "world"), workers=1, clean=SplitConfig(0), web=SplitConfig(0),

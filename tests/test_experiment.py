@@ -219,7 +219,7 @@ def _fake_eval(step, scores: dict, purple_called_blue: dict) -> None:
     import json
     from pathlib import Path
 
-    from data_pipelines.world import COLORS
+    from mmw2s.data_pipelines.world import COLORS
 
     out = Path(step.cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data_pipelines.shards import ShardWriter, stats_path
+from mmw2s.data_pipelines.shards import ShardWriter, stats_path
 from mmw2s.config import ConfigError, load_config
 from mmw2s.errors import StageError
 from mmw2s.interrupts import descendants
@@ -251,7 +251,7 @@ def test_resume_latest_skips_a_broken_newest_checkpoint(tmp_path, damage, caplog
 
 
 def big_world(tmp_path_factory_dir: Path) -> Path:
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     generate_world(WorldConfig(out=str(tmp_path_factory_dir), workers=1, samples_per_shard=64,
                                clean=SplitConfig(0), web=SplitConfig(512), test=SplitConfig(0)))
@@ -325,7 +325,7 @@ def test_a_full_disk_names_the_shard(world, tiny_models, tmp_path):
 
 def bad_benchmarks(tmp_path: Path) -> dict[str, Path]:
     """CLIP_benchmark folders, each broken in one way."""
-    from data_pipelines.benchmarks import CLASSIFICATION, Benchmark, Example, write_wds_benchmark
+    from mmw2s.data_pipelines.benchmarks import CLASSIFICATION, Benchmark, Example, write_wds_benchmark
     from PIL import Image
 
     examples = [Example(Image.new("RGB", (8, 8), c), f"{i}", label=i) for i, c in enumerate(["red", "blue"])]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.llava import IGNORE_INDEX, IMAGE_TOKEN_ID, LlavaStudent
-from models.llava_spec import LlavaSpec
+from mmw2s.models.llava import IGNORE_INDEX, IMAGE_TOKEN_ID, LlavaStudent
+from mmw2s.models.llava_spec import LlavaSpec
 
 COLORS = ["red", "blue", "green", "yellow"]
 QUESTION = "What color is the circle?"
@@ -116,8 +116,8 @@ def test_truncation_that_cuts_the_image_is_refused(student):
 def test_a_tower_from_a_clip_folder_reloads_without_that_folder(images, tmp_path):
     import shutil
 
-    from models.dual_encoders import build_dual_encoder
-    from models.specs import DualEncoderSpec
+    from mmw2s.models.dual_encoders import build_dual_encoder
+    from mmw2s.models.specs import DualEncoderSpec
 
     build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny", image_size=32, seed=3)).save(tmp_path / "clip")
     spec = LlavaSpec(vision_source="open_clip", vision_tower=f"local-dir:{tmp_path / 'clip'}", vision_layer=-2,

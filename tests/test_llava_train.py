@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipelines.shards import ShardWriter, iter_samples
-from data_pipelines.world import WorldConfig, shard_samples
+from mmw2s.data_pipelines.shards import ShardWriter, iter_samples
+from mmw2s.data_pipelines.world import WorldConfig, shard_samples
 from mmw2s.config import ConfigError, load_config
 from mmw2s.evaluate.config import EvalConfig
 from mmw2s.experiment.config import ExperimentConfig
@@ -56,7 +56,7 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def answers(folder: Path, data: Path) -> list[str]:
     """Greedy answers of the student saved in `folder` to a few questions about training images."""
-    from models.llava import LlavaStudent
+    from mmw2s.models.llava import LlavaStudent
 
     student = LlavaStudent.from_pretrained(folder)
     images = [s["image"] for _, s in zip(range(3), iter_samples(str(data / "images")))]
@@ -67,7 +67,7 @@ def answers(folder: Path, data: Path) -> list[str]:
 @pytest.mark.slow
 def test_llava_stages_train_resume_and_reload_with_identical_answers(synthesized, tmp_path):
     from mmw2s.train import loss_history
-    from models.llava import LlavaStudent
+    from mmw2s.models.llava import LlavaStudent
 
     one = train(synthesized, tmp_path / "s1")
     assert one == tmp_path / "s1" / "final"
@@ -109,8 +109,8 @@ def test_stage_2_conversations_put_the_image_where_the_record_has_it(synthesized
 
     from mmw2s.train.config import TextConfig
     from mmw2s.train.conversations import ConversationSelector
-    from models.llava import IMAGE_TOKEN_ID, LlavaStudent
-    from models.llava_spec import LlavaSpec
+    from mmw2s.models.llava import IMAGE_TOKEN_ID, LlavaStudent
+    from mmw2s.models.llava_spec import LlavaSpec
 
     selector = ConversationSelector(TextConfig(), synthesized / "instructions", ["conversation"])
     sample = next(iter_samples(str(synthesized / "images")))
@@ -144,16 +144,16 @@ def test_llava_config_errors_name_the_key():
 
 @pytest.mark.slow
 def test_vqa_eval_writes_acc_for_a_llava_student_and_a_captioner(tmp_path):
-    from data_pipelines.benchmarks import load_world_test
-    from data_pipelines.world import generate_world
-    from data_pipelines.world.spec import SplitConfig
-    from data_pipelines.vqa import QUESTION_TYPES
+    from mmw2s.data_pipelines.benchmarks import load_world_test
+    from mmw2s.data_pipelines.world import generate_world
+    from mmw2s.data_pipelines.world.spec import SplitConfig
+    from mmw2s.data_pipelines.vqa import QUESTION_TYPES
     from mmw2s.evaluate import run as R
-    from models.captioner_build import build_captioner
-    from models.dual_encoders import build_dual_encoder
-    from models.llava import LlavaStudent
-    from models.llava_spec import LlavaSpec
-    from models.specs import CaptionerSpec, DualEncoderSpec
+    from mmw2s.models.captioner_build import build_captioner
+    from mmw2s.models.dual_encoders import build_dual_encoder
+    from mmw2s.models.llava import LlavaStudent
+    from mmw2s.models.llava_spec import LlavaSpec
+    from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec
 
     generate_world(WorldConfig(out=str(tmp_path / "world"), workers=1, image_size=32, clean=SplitConfig(0),
                                web=SplitConfig(0), test=SplitConfig(40)))

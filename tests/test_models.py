@@ -24,8 +24,8 @@ from transformers import (  # noqa: E402
     VisionEncoderDecoderModel,
 )
 
-import models  # noqa: E402
-from models import (  # noqa: E402
+from mmw2s import models  # noqa: E402
+from mmw2s.models import (  # noqa: E402
     LOSSES,
     BlipItmFilter,
     CaptionFilter,

@@ -35,7 +35,7 @@ def peer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),
@@ -46,7 +46,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A conv student saved as `mmw2s train task=clip` saves one (random weights)."""
-    from models import DualEncoderSpec, build_dual_encoder
+    from mmw2s.models import DualEncoderSpec, build_dual_encoder
 
     folder = tmp_path_factory.mktemp("student")
     build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny", seed=3)).save(folder)
@@ -56,10 +56,10 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bootstrapped(world, student, tmp_path_factory):
     """`mmw2s bootstrap` output: a tiny BLIP captioner and our conv CLIP filter, nothing_kept=flag."""
-    from data_pipelines.shards import iter_samples
+    from mmw2s.data_pipelines.shards import iter_samples
     from mmw2s.bootstrap.config import BootstrapConfig
     from mmw2s.bootstrap.run import run
-    from models import CaptionerSpec, build_captioner
+    from mmw2s.models import CaptionerSpec, build_captioner
 
     out = tmp_path_factory.mktemp("boot")
     captions = [s["caption"] for s in iter_samples(str(world / "web"))]
@@ -98,7 +98,7 @@ def test_plain_webdataset_readers_get_every_sample_with_txt_and_json(bootstrappe
 
 
 def mmw2s_eval(student: Path, folder: Path) -> dict:
-    from data_pipelines.benchmarks import read_wds_benchmark
+    from mmw2s.data_pipelines.benchmarks import read_wds_benchmark
     from mmw2s.evaluate.adapters import build_scorer
     from mmw2s.evaluate.config import ModelEntry
     from mmw2s.evaluate.run import evaluate_one

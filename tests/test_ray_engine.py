@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipelines.shards import ShardWriter, is_complete, iter_samples
+from mmw2s.data_pipelines.shards import ShardWriter, is_complete, iter_samples
 from mmw2s.bench.ray_engine import ACTOR_TITLE, descendant_pids
 from mmw2s.config import load_config
 
@@ -33,7 +33,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),
@@ -44,7 +44,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, world):
     """A BLIP captioner and a BLIP ITM filter, saved as users' would be."""
-    from models import CaptionerSpec, ItmSpec, build_captioner, build_itm_filter
+    from mmw2s.models import CaptionerSpec, ItmSpec, build_captioner, build_itm_filter
 
     folder = tmp_path_factory.mktemp("models")
     captions = [s["caption"] for s in iter_samples(str(world))]

@@ -37,7 +37,7 @@ def test_jobs_and_threads_share_the_cores():
 
 
 def world_step(root: Path, name: str, samples: int) -> Step:
-    from data_pipelines.world import SplitConfig, WorldConfig
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig
 
     out = root / name
     return Step(name, "world", WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),

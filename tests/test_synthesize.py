@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipelines.instructions import (IMAGE_PLACEHOLDER, MalformedResponse, attach_records, caption_turns,
+from mmw2s.data_pipelines.instructions import (IMAGE_PLACEHOLDER, MalformedResponse, attach_records, caption_turns,
                                          dialogue, image_member, make_record, parse_turns, read_llava_json)
-from data_pipelines.shards import ShardWriter, is_complete, iter_samples
+from mmw2s.data_pipelines.shards import ShardWriter, is_complete, iter_samples
 from mmw2s.errors import StageError
 from mmw2s.config import load_config
 from mmw2s.synthesize.answers import answer_from_caption
@@ -350,7 +350,7 @@ def test_local_backend_runs_a_saved_causal_lm_and_counts_its_garbage(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from models.tokenizers import build_word_tokenizer
+    from mmw2s.models.tokenizers import build_word_tokenizer
 
     folder = tmp_path / "tiny-llama"
     tok = build_word_tokenizer(["user assistant system captions a red circle json turns question answer"])

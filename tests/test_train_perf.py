@@ -4,14 +4,14 @@ import pytest
 import torch
 from PIL import Image
 
-from data_pipelines.shards import ShardWriter
-from data_pipelines.world import WorldConfig, shard_samples
+from mmw2s.data_pipelines.shards import ShardWriter
+from mmw2s.data_pipelines.world import WorldConfig, shard_samples
 from mmw2s.config import ConfigError, load_config
 from mmw2s.train.config import TextConfig, TrainConfig
 from mmw2s.train.data import BatchedToTensor, loader_settings, make_loader
 from mmw2s.train.loop import _compiled
 from mmw2s.train.texts import TextSelector
-from models import DualEncoderSpec, build_dual_encoder
+from mmw2s.models import DualEncoderSpec, build_dual_encoder
 
 
 def world_images(n: int = 12, size: int = 32) -> list[Image.Image]:

@@ -37,10 +37,10 @@ def synthetic(out: Path) -> dict[str, list[str]]:
 
 
 def test_bootstrap_through_a_real_vllm_server_is_deterministic(tmp_path):
-    from data_pipelines.shards import iter_samples
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
-    from models import DualEncoderSpec, build_dual_encoder
-    from models.vlm_tiny import build_tiny_vlm
+    from mmw2s.data_pipelines.shards import iter_samples
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.models import DualEncoderSpec, build_dual_encoder
+    from mmw2s.models.vlm_tiny import build_tiny_vlm
 
     generate_world(WorldConfig(out=str(tmp_path / "world"), workers=1, samples_per_shard=4, clean=SplitConfig(0),
                                web=SplitConfig(8), test=SplitConfig(0)))

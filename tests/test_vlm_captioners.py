@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipelines.shards import ReadLimits, ShardEnd, iter_samples
+from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, iter_samples
 from mmw2s.bootstrap.stages import Batch, Selection, decide, decide_stage, invalid_caption
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage
@@ -73,7 +73,7 @@ def test_invalid_captions_and_truncation_are_counted_in_shard_stats(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from data_pipelines.world import SplitConfig, WorldConfig, generate_world
+    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=6, image_size=32,
@@ -83,7 +83,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from models import DualEncoderSpec, build_dual_encoder
+    from mmw2s.models import DualEncoderSpec, build_dual_encoder
 
     folder = tmp_path_factory.mktemp("clip") / "clip"
     build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny")).save(folder)
@@ -93,7 +93,7 @@ def clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory, world):
     """family -> a saved tiny random VLM whose vocabulary is the world's caption words."""
-    from models.vlm_tiny import build_tiny_vlm
+    from mmw2s.models.vlm_tiny import build_tiny_vlm
 
     words = {w for s in iter_samples(str(world), ReadLimits(decode_images=False)) for w in s["caption"].split()}
     root = tmp_path_factory.mktemp("vlms")
@@ -149,8 +149,8 @@ def test_bootstrap_captions_with_a_prompted_vlm(world, clip, vlms, family, tmp_p
 def test_a_padded_row_gives_the_caption_it_gives_alone(vlms, family):
     """Images of different sizes get different numbers of image tokens (Qwen2-VL) or tiles (SmolVLM):
     the batch is padded, on the left, and each row still decodes as it would alone."""
-    from models import CaptionerSpec
-    from models.captioner_build import load_captioner
+    from mmw2s.models import CaptionerSpec
+    from mmw2s.models.captioner_build import load_captioner
 
     cap = load_captioner(CaptionerSpec(name=str(vlms[family]), prompt=PROMPT))
     images = [Image.new("RGB", (28, 28), "red"), Image.new("RGB", (64, 16), "blue"), Image.new("RGB", (56, 56), "green")]
@@ -167,8 +167,8 @@ def test_markup_tokens_are_removed_from_captions(vlms):
     skip_special_tokens keeps: they never reach a caption."""
     import torch
 
-    from models import CaptionerSpec
-    from models.captioner_build import load_captioner
+    from mmw2s.models import CaptionerSpec
+    from mmw2s.models.captioner_build import load_captioner
 
     cap = load_captioner(CaptionerSpec(name=str(vlms["paligemma"]), prompt="caption en"))
     ids = cap.tokenizer.convert_tokens_to_ids(["red", "<loc0042>", "circle", "<seg007>"])
@@ -283,7 +283,7 @@ def test_the_shipped_vlm_config_loads_with_its_prompt_file(monkeypatch):
 
 def test_revision_of_a_git_clone_is_recorded(tmp_path):
     """`git clone https://huggingface.co/...` folders: HEAD's commit, loose or packed ref."""
-    from models.vlm_captioner import checkpoint_revision
+    from mmw2s.models.vlm_captioner import checkpoint_revision
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     git = tmp_path / "clone" / ".git"

@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_pipelines.shards import ShardWriter
-from data_pipelines.vqa import (QUESTION_TYPES, build_suite, exact_match, normalize_answer, parse_question,
+from mmw2s.data_pipelines.shards import ShardWriter
+from mmw2s.data_pipelines.vqa import (QUESTION_TYPES, build_suite, exact_match, normalize_answer, parse_question,
                                 read_suite, scene_questions, suite_from_shards, vqa_accuracy, write_suite)
-from data_pipelines.world import POSITIONS, gold_caption, sample_scene
+from mmw2s.data_pipelines.world import POSITIONS, gold_caption, sample_scene
 from mmw2s.synthesize.answers import answer_from_caption
 
 

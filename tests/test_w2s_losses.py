@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmw2s.train.tasks import caption_ids
-from models.losses import (
+from mmw2s.models.losses import (
     aux_confidence_contrastive_loss,
     build_loss,
     contrastive_loss,

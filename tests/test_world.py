@@ -15,13 +15,13 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.world import (
+from mmw2s.data_pipelines.world import (
     COLORS, NOISE_TYPES, POSITIONS, RELATIONS, SHAPES, SIZES, BiasConfig, NoiseConfig, SplitConfig,
     WorldConfig, generate_world, gold_caption, render_scene, sample_scene, shard_samples,
 )
-from data_pipelines.world.render import encode_jpeg
-from data_pipelines.world.scene import MAX_OVERLAP, _overlap
-from data_pipelines.world.vocab import BOILERPLATE, COLOR_RGB, POSITION_CELL
+from mmw2s.data_pipelines.world.render import encode_jpeg
+from mmw2s.data_pipelines.world.scene import MAX_OVERLAP, _overlap
+from mmw2s.data_pipelines.world.vocab import BOILERPLATE, COLOR_RGB, POSITION_CELL
 
 NO_NOISE = NoiseConfig(mismatched=0.0, random_words=0.0, wrong_attribute=0.0, incomplete=0.0, boilerplate=0.0)
 

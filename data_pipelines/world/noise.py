@@ -11,9 +11,9 @@ import copy
 
 import numpy as np
 
-from data_pipelines.world.scene import Plan, Scene, gold_plan, render_plan, sample_scene
-from data_pipelines.world.spec import BiasConfig, NoiseConfig
-from data_pipelines.world.vocab import (
+from mmw2s.data_pipelines.world.scene import Plan, Scene, gold_plan, render_plan, sample_scene
+from mmw2s.data_pipelines.world.spec import BiasConfig, NoiseConfig
+from mmw2s.data_pipelines.world.vocab import (
     BOILERPLATE, COLORS, INVERSE_RELATION, POSITIONS, RANDOM_WORDS, SHAPES, SIZES,
 )
 

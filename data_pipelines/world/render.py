@@ -14,8 +14,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_pipelines.world.scene import Scene
-from data_pipelines.world.vocab import COLOR_RGB
+from mmw2s.data_pipelines.world.scene import Scene
+from mmw2s.data_pipelines.world.vocab import COLOR_RGB
 
 # Shapes are drawn at this multiple of their pixel size and box-filtered down: anti-aliased edges
 # keep a 12 px star distinguishable from a 12 px diamond.

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.world.vocab import (
+from mmw2s.data_pipelines.world.vocab import (
     COLORS, POSITION_CELL, RELATION_PHRASE, SHAPES, SIZE_RANGE_64, SIZES, position_word,
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from data_pipelines.world.vocab import COLORS
+from mmw2s.data_pipelines.world.vocab import COLORS
 
 # The key of a sample keeps 4 digits for its index inside a shard and 5 for the shard (img2dataset).
 MAX_SAMPLES_PER_SHARD = 10_000

@@ -26,8 +26,8 @@ TARGET = 0.85
 
 def tiny_vlm(cfg: BenchConfig, world: Path) -> Path:
     """`out/models/vlm-FAMILY`: a tiny random VLM over the web captions' words (reused when present)."""
-    from data_pipelines.shards import ReadLimits, iter_samples
-    from models.vlm_tiny import build_tiny_vlm
+    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+    from mmw2s.models.vlm_tiny import build_tiny_vlm
 
     folder = Path(cfg.out) / "models" / f"vlm-{cfg.caption_vlm.family}"
     if not (folder / "config.json").exists():

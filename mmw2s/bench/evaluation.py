@@ -31,7 +31,7 @@ METRIC_TOLERANCE = 1e-6
 
 def export_wds_benchmark(world: Path, suite: str, folder: Path) -> Path:
     """Write world suite `suite` as a CLIP_benchmark webdataset folder (kept when complete)."""
-    from data_pipelines.benchmarks import world_suite, write_wds_benchmark
+    from mmw2s.data_pipelines.benchmarks import world_suite, write_wds_benchmark
 
     if (folder / "test" / "nshards.txt").exists():
         return folder
@@ -40,7 +40,7 @@ def export_wds_benchmark(world: Path, suite: str, folder: Path) -> Path:
 
 def ours_pass(scorer: Any, folder: Path, batch_size: int) -> tuple[dict, int, float]:
     """One `mmw2s eval` pass: `(metrics, images, seconds)`."""
-    from data_pipelines.benchmarks import read_wds_benchmark
+    from mmw2s.data_pipelines.benchmarks import read_wds_benchmark
     from mmw2s.evaluate.run import evaluate_one
     from mmw2s.evaluate.tasks import TaskSettings
 

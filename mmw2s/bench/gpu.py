@@ -120,7 +120,7 @@ def clip_train_step(dual: Any, batch_size: int, image_size: int, device: str, bf
     """
     import torch
 
-    from models.losses import contrastive_loss
+    from mmw2s.models.losses import contrastive_loss
 
     model = dual.model.to(device).train()
     step_model = torch.compile(model) if compile_model else model
@@ -216,7 +216,7 @@ def bound_row(name: str, flops_per_call: int, timed: Timed, peak_tflops: float, 
 def measure_train(g: Any, device: str, peak: tuple[float, str], compile_model: bool, bf16: bool = True,
                   seed: int = 0) -> dict:
     """The `gpu_train` row: MFU of CLIP training of `g.arch` at `g.image_size`, batch `g.train_batch_size`."""
-    from models import DualEncoderSpec, build_dual_encoder
+    from mmw2s.models import DualEncoderSpec, build_dual_encoder
 
     dual = build_dual_encoder(DualEncoderSpec(arch=g.arch, image_size=g.image_size, seed=seed))
     step = clip_train_step(dual, g.train_batch_size, g.image_size, device, bf16, compile_model)
@@ -257,7 +257,7 @@ def measure_caption(g: Any, device: str, peak: tuple[float, str], bf16: bool = T
 def measure_eval(g: Any, device: str, peak: tuple[float, str], compile_model: bool, bf16: bool = True,
                  seed: int = 0) -> dict:
     """The `gpu_eval` row: images/s of zero-shot evaluation's image encoding vs the FLOP bound."""
-    from models import DualEncoderSpec, build_dual_encoder
+    from mmw2s.models import DualEncoderSpec, build_dual_encoder
 
     dual = build_dual_encoder(DualEncoderSpec(arch=g.arch, image_size=g.image_size, seed=seed))
     call = encode_images_call(dual, g.eval_batch_size, g.image_size, device, bf16, compile_model)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from data_pipelines.shards import shard_name
+from mmw2s.data_pipelines.shards import shard_name
 
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.errors import StageError
@@ -93,8 +93,8 @@ class CapFilt:
     @classmethod
     def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
         """Load the captioner and filter a config names (hub ids, local folders, saved models)."""
-        from models import build_captioner, build_filter, list_captioners
-        from models.vlm_captioner import CaptionerLoadError
+        from mmw2s.models import build_captioner, build_filter, list_captioners
+        from mmw2s.models.vlm_captioner import CaptionerLoadError
 
         generate = cfg.decoding.num_captions > 0
         for what, name in (("captioner.name", cfg.captioner.name if generate else None),
@@ -121,7 +121,7 @@ class CapFilt:
             filter_name = spec.name
         safety, spec = None, cfg.curation.safety
         if spec.name is not None:
-            from models.safety import SafetyClassifier
+            from mmw2s.models.safety import SafetyClassifier
 
             try:
                 safety = SafetyClassifier.load(spec.name, spec.unsafe_labels, spec.revision)
@@ -174,7 +174,7 @@ class CapFilt:
         rows = self._caption(inputs, seed)
         if self.rewriter is None:
             return rows
-        from models.endpoint_rewriter import RewriteRequest
+        from mmw2s.models.endpoint_rewriter import RewriteRequest
 
         requests = [RewriteRequest(im.key, im.shard, text, (im.seed * 1_000_003 + 7) % 2**31)  # not the caption's seed
                     for im, text in zip(inputs["images"], inputs["web_captions"])]
@@ -273,8 +273,8 @@ def build_rewriter(cfg: BootstrapConfig, captioner: Any, device: Any) -> Any:
         return None
     from pathlib import Path
 
-    from models.endpoint_rewriter import EndpointRewriter, load_rewrite_prompt
-    from models.endpoint_session import EndpointSession
+    from mmw2s.models.endpoint_rewriter import EndpointRewriter, load_rewrite_prompt
+    from mmw2s.models.endpoint_session import EndpointSession
 
     session = getattr(captioner, "session", None)
     if rw.model is not None or session is None:

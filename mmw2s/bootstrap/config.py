@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from models.specs import CaptionerSpec, DualEncoderSpec, EndpointSpec, ItmSpec
+from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec, EndpointSpec, ItmSpec
 
 from mmw2s.bootstrap.curation_config import CurationConfig
+from mmw2s.resources import shipped
 
 
 @dataclass
@@ -151,6 +152,7 @@ class RewriteConfig:
             return
         if self.temperature == 0 and self.num_rewrites > 1:
             raise ValueError("greedy rewriting (temperature 0) gives one rewrite per caption: set num_rewrites=1")
+        self.prompt_file = shipped(self.prompt_file)  # the default names a file mmw2s ships
         if not Path(self.prompt_file).is_file():
             raise ValueError(f"rewrite.prompt_file={self.prompt_file}: no such file (a relative path is read from "
                              f"the current directory, {Path.cwd()})")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from data_pipelines.shards import Skip, shard_name
+from mmw2s.data_pipelines.shards import Skip, shard_name
 
 from mmw2s.bootstrap.curation_config import CurationConfig
 from mmw2s.bootstrap.stages import Batch

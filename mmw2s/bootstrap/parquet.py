@@ -25,8 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.image_hash import sha256_hex
-from data_pipelines.shards import Skip, clip_text, shard_name
+from mmw2s.data_pipelines.image_hash import sha256_hex
+from mmw2s.data_pipelines.shards import Skip, clip_text, shard_name
 
 PARTIAL = ".partial"
 

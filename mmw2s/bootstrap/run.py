@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
+from mmw2s.data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.capfilt import endpoint_totals, released

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from data_pipelines.shards import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
+from mmw2s.data_pipelines.shards import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
                                    pass_through, shard_events, stats_path)
 
 from mmw2s.bootstrap.config import BootstrapConfig

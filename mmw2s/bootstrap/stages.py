@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from data_pipelines.shards import ShardEnd, Skip, shard_name
-from models.captioner_protocol import EncodedImage
+from mmw2s.data_pipelines.shards import ShardEnd, Skip, shard_name
+from mmw2s.models.captioner_protocol import EncodedImage
 
 from mmw2s.bootstrap.thresholds import Thresholds
 

@@ -23,9 +23,9 @@ from typing import Any, Iterable
 
 import torch
 
-from data_pipelines.benchmarks import Benchmark, Example
-from data_pipelines.caption_benchmarks import COCO_SYNONYMS, CaptionBenchmark, CaptionItem
-from data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines.benchmarks import Benchmark, Example
+from mmw2s.data_pipelines.caption_benchmarks import COCO_SYNONYMS, CaptionBenchmark, CaptionItem
+from mmw2s.data_pipelines.shards import write_json_atomic
 from mmw2s.evaluate import caption_metrics as CM
 from mmw2s.evaluate.common import Skipped, batched
 from mmw2s.evaluate.config import CaptioningConfig
@@ -139,8 +139,8 @@ def clip_model(cfg: CaptioningConfig, device: str = "auto") -> tuple[Any, str]:
 def _load_clip(arch: str | None, pretrained: str | None, path: str | None, device: str) -> Any:
     """Built once per process and reused by every (captioner, benchmark) pair."""
     from mmw2s.evaluate.adapters import resolve_device
-    from models.dual_encoders import DualEncoder, build_dual_encoder
-    from models.specs import DualEncoderSpec
+    from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
+    from mmw2s.models.specs import DualEncoderSpec
 
     dual = DualEncoder.load(path, arch=arch) if path else build_dual_encoder(DualEncoderSpec(arch=arch, pretrained=pretrained))
     dual.model.to(resolve_device(device)).eval()

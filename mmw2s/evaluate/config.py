@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
+from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
 
 MODEL_KINDS = ("dual_encoder", "captioner", "filter", "llava")
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from data_pipelines.world import COLORS, SHAPES, SIZES
+from mmw2s.data_pipelines.world import COLORS, SHAPES, SIZES
 
 RECALL_KS = (1, 5, 10)
 

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from data_pipelines.benchmarks import Benchmark, check_benchmark, load_benchmark, load_world_test, world_suite
-from data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
+from mmw2s.data_pipelines.benchmarks import Benchmark, check_benchmark, load_benchmark, load_world_test, world_suite
+from mmw2s.data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.errors import InputError
 from mmw2s.report import results_table

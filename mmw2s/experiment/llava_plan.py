@@ -66,7 +66,7 @@ def _check_student_section(section: dict, source: str) -> None:
 def _caption_sources(p: Planner, cfg: ExperimentConfig, seed: int, world_dir: Path, boot: Step,
                      boot_common: dict) -> dict[str, str]:
     """Shards whose captions each student's instructions are synthesized from."""
-    from data_pipelines.world import WorldConfig
+    from mmw2s.data_pipelines.world import WorldConfig
     from mmw2s.bootstrap.config import BootstrapConfig
 
     sources = {"web": str(world_dir / "web"), "bootstrapped": str(Path(boot.cfg.out) / "shards")}

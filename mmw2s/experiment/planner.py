@@ -83,7 +83,7 @@ def clip_filter(model_folder: str) -> dict:
 
 def plan_teachers(p: Planner, cfg: ExperimentConfig, seed: int) -> Teachers:
     """world -> weak captioner (+ pre-training) and weak filter -> CapFilt over world/web."""
-    from data_pipelines.world import WorldConfig
+    from mmw2s.data_pipelines.world import WorldConfig
     from mmw2s.bootstrap.config import BootstrapConfig
     from mmw2s.train.config import TrainConfig
 

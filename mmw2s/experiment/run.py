@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines.shards import write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines.shards import write_json_atomic
 from mmw2s.experiment.captioning import (CaptioningResults, captioning_markdown, captioning_results,
                                          plot_rounds, round_rows, rounds_markdown)
 from mmw2s.experiment.config import ExperimentConfig
@@ -101,7 +101,7 @@ def student_names(cfg: ExperimentConfig) -> list[str]:
 
 def bias_rates(steps: list[Step], source: str, target: str) -> dict[str, float | None]:
     """`{model: P(predicted target | true source)}` on the colour suite of one seed."""
-    from data_pipelines.world import COLORS
+    from mmw2s.data_pipelines.world import COLORS
 
     folder = Path(eval_step(steps).cfg.out)
     out = {}

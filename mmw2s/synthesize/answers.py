@@ -7,8 +7,8 @@ accuracy of the facts its captions state; what a caption leaves out is answered 
 """
 from __future__ import annotations
 
-from data_pipelines.vqa import UNKNOWN, parse_question
-from data_pipelines.world.vocab import INVERSE_RELATION
+from mmw2s.data_pipelines.vqa import UNKNOWN, parse_question
+from mmw2s.data_pipelines.world.vocab import INVERSE_RELATION
 from mmw2s.synthesize.captions import ATTRIBUTES, CaptionObject, ParsedCaption, parse_caption
 
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from data_pipelines.instructions import turns_to_json
-from models.openai_client import ChatClient, RetryPolicy
+from mmw2s.data_pipelines.instructions import turns_to_json
+from mmw2s.models.openai_client import ChatClient, RetryPolicy
 
 from mmw2s.synthesize.cache import ResponseCache, cache_key
 from mmw2s.synthesize.captions import ParsedCaption

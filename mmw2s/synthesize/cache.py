@@ -3,6 +3,6 @@ bootstrap's endpoint captioner (one JSON file per key, written atomically; a rer
 already paid for)."""
 from __future__ import annotations
 
-from models.openai_client import ResponseCache, cache_key
+from mmw2s.models.openai_client import ResponseCache, cache_key
 
 __all__ = ["ResponseCache", "cache_key"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from data_pipelines.world import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES
-from data_pipelines.world.vocab import RELATION_PHRASE
+from mmw2s.data_pipelines.world import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES
+from mmw2s.data_pipelines.world.vocab import RELATION_PHRASE
 
 ATTRIBUTES = ("size", "color", "shape")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from data_pipelines.instructions import KINDS
+from mmw2s.data_pipelines.instructions import KINDS
+from mmw2s.resources import shipped
 
 
 @dataclass
@@ -73,6 +74,10 @@ class PromptConfig:
         "help": "folder of KIND.yaml files (system prompt + few-shot examples) for api/local backends"})
     template: str = field(default="configs/prompts/template.yaml", metadata={
         "help": "wording file of the template backend"})
+
+    def validate(self) -> None:
+        """Point the `configs/...` defaults at the shipped prompts when the current directory has none."""
+        self.llm_dir, self.template = shipped(self.llm_dir), shipped(self.template)
 
 
 @dataclass

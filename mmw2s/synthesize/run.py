@@ -23,9 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
+from mmw2s.data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from data_pipelines.shards import OtherSettings, ReadLimits, complete_with, read_state_json, ShardEnd, ShardWriter, Skip, is_complete, \
+from mmw2s.data_pipelines.shards import OtherSettings, ReadLimits, complete_with, read_state_json, ShardEnd, ShardWriter, Skip, is_complete, \
     shard_events, shard_name, stats_path, write_json_atomic
 from mmw2s.errors import StageError
 from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.vqa import plural
-from data_pipelines.world import COLORS, SHAPES
-from data_pipelines.world.vocab import INVERSE_RELATION, RELATION_PHRASE
+from mmw2s.data_pipelines.vqa import plural
+from mmw2s.data_pipelines.world import COLORS, SHAPES
+from mmw2s.data_pipelines.world.vocab import INVERSE_RELATION, RELATION_PHRASE
 from mmw2s.synthesize.captions import (REF_ANY, REF_NO_COLOR, REF_NO_SHAPE, CaptionObject, ParsedCaption,
                                        unique_ref)
 

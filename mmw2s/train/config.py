@@ -5,9 +5,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from data_pipelines.instructions import KINDS
-from models.llava_spec import LlavaSpec
-from models.specs import CaptionerSpec, DualEncoderSpec
+from mmw2s.data_pipelines.instructions import KINDS
+from mmw2s.models.llava_spec import LlavaSpec
+from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec
 
 
 @dataclass

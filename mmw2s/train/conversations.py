@@ -17,8 +17,8 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
-from data_pipelines.instructions import BRIEF_PROMPTS, caption_turns, dialogue, read_jsonl, records_by_member
-from data_pipelines.vqa import SHORT_ANSWER_PROMPT
+from mmw2s.data_pipelines.instructions import BRIEF_PROMPTS, caption_turns, dialogue, read_jsonl, records_by_member
+from mmw2s.data_pipelines.vqa import SHORT_ANSWER_PROMPT
 from mmw2s.errors import StageError
 from mmw2s.train.config import TextConfig, TrainConfig
 
