@@ -21,6 +21,8 @@ from mmw2s.models.endpoint_captioner import EndpointCaptioner, EndpointError, de
 from mmw2s.models.endpoint_server import ServerStartError
 from mmw2s.models.specs import CaptionerSpec, EndpointSpec
 from tests.fake_openai_server import FakeOpenAI, fake_caption
+from test_bootstrap import world  # noqa: F401 - the same tiny world (3 shards of 8)
+from test_vlm_captioners import clip  # noqa: F401 - the same tiny open_clip filter
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -201,25 +203,6 @@ def test_a_managed_server_that_never_comes_up_says_why_with_its_log(tmp_path, fl
 
 # --------------------------------------------------------------------------------------------
 # `mmw2s bootstrap` end to end: tiny world shards, the endpoint captioner, the tiny CLIP filter
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
-
-    out = tmp_path_factory.mktemp("world")
-    generate_world(WorldConfig(out=str(out), workers=1, samples_per_shard=8, clean=SplitConfig(0),
-                               web=SplitConfig(24), test=SplitConfig(0)))
-    return out / "web"
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    from mmw2s.models import DualEncoderSpec, build_dual_encoder
-
-    folder = tmp_path_factory.mktemp("clip") / "clip"
-    build_dual_encoder(DualEncoderSpec(arch="mmw2s-conv-tiny")).save(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,18 @@ from mmw2s.bench.fixtures import web_shards
 TARGET = 0.85
 
 
-def tiny_vlm(cfg: BenchConfig, world: Path) -> Path:
-    """`out/models/vlm-FAMILY`: a tiny random VLM over the web captions' words (reused when present)."""
+def tiny_vlm(cfg: BenchConfig, world: Path, family: str | None = None) -> Path:
+    """`out/models/vlm-FAMILY`: a tiny random VLM over the web captions' words (reused when present);
+    the family is `caption_vlm.family` unless given."""
     from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
     from mmw2s.models.vlm_tiny import build_tiny_vlm
 
-    folder = Path(cfg.out) / "models" / f"vlm-{cfg.caption_vlm.family}"
+    family = family or cfg.caption_vlm.family
+    folder = Path(cfg.out) / "models" / f"vlm-{family}"
     if not (folder / "config.json").exists():
         words = {w for s in iter_samples(str(world / "web"), ReadLimits(decode_images=False))
                  for w in s["caption"].split()}
-        build_tiny_vlm(cfg.caption_vlm.family, folder, words, image_size=cfg.world.image_size, seed=cfg.seed)
+        build_tiny_vlm(family, folder, words, image_size=cfg.world.image_size, seed=cfg.seed)
     return folder
 
 

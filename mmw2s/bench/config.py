@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "ray", "browse", "gpu")
+COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "ray", "browse", "gpu", "engine")
+# `engine` needs vLLM's own venv and minutes of server start-up: run it when asked (only=[engine])
+DEFAULT_ONLY = tuple(c for c in COMPARISONS if c != "engine")
 
 
 @dataclass
@@ -47,6 +49,22 @@ class CaptionVlmBench:
     max_new_tokens: int = field(default=24, metadata={"help": "longest synthetic caption in tokens"})
     repeats: int = field(default=2, metadata={"help": "runs (each: end to end, then the ceiling); each "
                                                       "side's best counts"})
+
+
+@dataclass
+class EngineBench:
+    """The engine row: bootstrap through a vLLM server (endpoint captioner) vs in-process generate."""
+
+    vllm_python: str = field(default=".venv-vllm/bin/python", metadata={
+        "help": "the Python of vLLM's own venv (`make vllm-venv`); relative to the repo"})
+    prompt: str = field(default="Describe this image in one sentence.", metadata={"help": "the captioning prompt"})
+    shards: int = field(default=4, metadata={"help": "web shards bootstrapped by each side"})
+    batch_size: int = field(default=16, metadata={"help": "images per generate() call (in-process side)"})
+    concurrency: int = field(default=64, metadata={"help": "requests in flight (endpoint side)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "longest caption in tokens (greedy, both sides)"})
+    images: int = field(default=64, metadata={"help": "images of the overhead and concurrency measurements"})
+    sweep: list[int] = field(default_factory=lambda: [1, 4, 16, 64], metadata={
+        "help": "concurrencies of the endpoint captioner's images/s curve"})
 
 
 @dataclass
@@ -127,8 +145,8 @@ class BenchConfig:
     """`mmw2s bench`: ratios of our stages vs the tools users would pick instead, measured side by side."""
 
     out: str = field(metadata={"help": "folder: world/, models/, runs of both sides, bench.json"})
-    only: list[str] = field(default_factory=lambda: list(COMPARISONS), metadata={
-        "help": f"comparisons to run, of {list(COMPARISONS)}"})
+    only: list[str] = field(default_factory=lambda: list(DEFAULT_ONLY), metadata={
+        "help": f"comparisons to run, of {list(COMPARISONS)} (engine only when named)"})
     threads: int = field(default=1, metadata={
         "help": "torch intra-op threads of every measured process, both sides (OMP_NUM_THREADS too)"})
     workers: int = field(default=1, metadata={"help": "data-loader workers of both sides"})
@@ -149,6 +167,7 @@ class BenchConfig:
     memory: MemoryBench = field(default_factory=MemoryBench, metadata={"help": "memory row"})
     browse: BrowseBench = field(default_factory=BrowseBench, metadata={"help": "browse row"})
     gpu: GpuBench = field(default_factory=GpuBench, metadata={"help": "GPU rows (skipped without CUDA)"})
+    engine: EngineBench = field(default_factory=EngineBench, metadata={"help": "engine row (vLLM vs generate)"})
 
     def validate(self) -> None:
         """Raise ValueError for unknown comparisons or sizes the world cannot serve."""
@@ -157,10 +176,11 @@ class BenchConfig:
             raise ValueError(f"only: unknown comparisons {unknown}; choose from {list(COMPARISONS)}")
         if self.threads < 1 or self.workers < 0:
             raise ValueError("threads must be >= 1 and workers >= 0")
-        most = max(self.bootstrap.shards, self.caption_vlm.shards, self.memory.large_shards, self.memory.small_shards)
+        most = max(self.bootstrap.shards, self.caption_vlm.shards, self.memory.large_shards, self.memory.small_shards,
+                   self.engine.shards)
         if most > self.world.web_shards:
             raise ValueError(f"world.web_shards={self.world.web_shards} is fewer than the {most} shards "
-                             "bootstrap.shards / caption_vlm.shards / memory.*_shards ask for")
+                             "bootstrap.shards / caption_vlm.shards / memory.*_shards / engine.shards ask for")
         br = self.browse
         if min(br.samples, br.samples_per_shard, br.index_samples, br.repeats) < 1 or br.thumb < 16:
             raise ValueError("browse: samples, samples_per_shard, index_samples, repeats must be >= 1, thumb >= 16")
