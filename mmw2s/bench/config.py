@@ -65,6 +65,8 @@ class EngineBench:
     images: int = field(default=64, metadata={"help": "images of the overhead and concurrency measurements"})
     sweep: list[int] = field(default_factory=lambda: [1, 4, 16, 64], metadata={
         "help": "concurrencies of the endpoint captioner's images/s curve"})
+    repeats: int = field(default=2, metadata={"help": "interleaved pairs (our captioner, the server alone) "
+                                                      "of the overhead measurement; each side's best counts"})
 
 
 @dataclass
@@ -184,7 +186,7 @@ class BenchConfig:
         br = self.browse
         if min(br.samples, br.samples_per_shard, br.index_samples, br.repeats) < 1 or br.thumb < 16:
             raise ValueError("browse: samples, samples_per_shard, index_samples, repeats must be >= 1, thumb >= 16")
-        if self.eval.repeats < 1 or self.loading.repeats < 1 or self.caption_vlm.repeats < 1:
+        if min(self.eval.repeats, self.loading.repeats, self.caption_vlm.repeats, self.engine.repeats) < 1:
             raise ValueError("repeats must be >= 1")
         g = self.gpu
         sizes = (g.image_size, g.train_batch_size, g.train_steps, g.caption_batch_size, g.caption_tokens,
