@@ -308,6 +308,18 @@ def test_bad_paths_are_one_line_errors(world, tiny_models, tmp_path):
         assert proc.returncode == 2 and expected in one_line(proc)  # bad input, as a config error
 
 
+def test_what_a_user_gets_wrong_about_devices_and_models_is_one_line(world, tiny_models, tmp_path):
+    """Issue 28's list: device=cuda without a GPU, and a from-scratch captioner config named where
+    trained weights are needed, were tracebacks."""
+    cfg = str(schema_defaults(tmp_path))
+    cases = [("captioner.name=blip-tiny", "names an untrained from-scratch config")]
+    if not torch.cuda.is_available():
+        cases.append(("device=cuda", "sees no CUDA device"))
+    for override, expected in cases:
+        proc = cli("bootstrap", "--config", cfg, *overrides(world, tiny_models, tmp_path / override), override)
+        assert proc.returncode == 1 and expected in one_line(proc)
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
 def test_a_full_disk_names_the_shard(world, tiny_models, tmp_path):
     disk = tmp_path / "disk"

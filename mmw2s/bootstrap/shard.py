@@ -82,8 +82,8 @@ class ShardReader:
 
     For a caller that is handed shards one by one (a Ray actor): `loader([url])` per shard forks
     a fresh worker from a process holding the models each time, and while that worker lives
-    every page the models touch is copied on write; measured on 2 cores, 16 shards of 32 images
-    took 4.9 s that way against 3.5 s as one stream. Here the worker is forked once (on the first
+    every page the models touch is copied on write, which costs more than the reading (docs:
+    performance, "engine=ray"). Here the worker is forked once (on the first
     shard) and receives each shard's URL through a queue. `read(url)` gives the same batches,
     `Skip`s and `ShardEnd` as `loader([url], ...)`. With `workers=0` it reads in this process.
     """
@@ -170,8 +170,8 @@ def model_threads(cfg: BootstrapConfig, cores: int) -> int:
     """Torch intra-op threads of a model process on CPU that has `cores` cores to itself.
 
     `cpu_threads` when set, else the cores its data-loader workers leave (at least 1): threads
-    that outnumber free cores spin against the decoding workers (measured on 2 busy cores,
-    2 threads instead of 1 made the tiny models ~15x slower).
+    that outnumber free cores spin against the decoding workers and slow the models down many
+    times over (docs: performance).
     """
     return cfg.cpu_threads or max(1, cores - cfg.workers)
 

@@ -7,9 +7,8 @@ shard per task, with retries when an actor dies.
 Why actors with a task queue, not Ray Data `map_batches(Callable, compute=ActorPoolStrategy(...))`:
 the unit of work is a whole shard (read with our own reader, written by our atomic writer), not a
 stream of rows, so Ray Data's blocks, its Arrow conversion and its own webdataset decoder (which
-we would not run on untrusted shards) add nothing. Measured for issue 19 (2 cores, ray 2.60): 16
-one-second items on 2 actors took ~2 s with a plain actor pool against ~4 s with Ray Data, whose
-`ray[data]` extra also brings pyarrow and pandas (~600 MB). And not `ray.util.ActorPool` itself:
+we would not run on untrusted shards) add nothing but overhead per item (docs: performance), and
+its `ray[data]` extra brings pyarrow and pandas (~600 MB). And not `ray.util.ActorPool` itself:
 its results do not say which shard failed, and it would leave a dead actor's shard to that actor.
 Ray still does what we must not write ourselves: it starts the actors on the cluster's nodes and
 restarts an actor whose process or node dies (`max_restarts=-1`), wherever it can place it. The
