@@ -17,7 +17,8 @@ MICRO = ["world.samples_per_shard=4", "world.web_shards=4", "world.test_samples=
          "caption_vlm.shards=2", "caption_vlm.batch_size=4", "caption_vlm.max_new_tokens=4", "caption_vlm.repeats=1",
          "train.batch_size=4", "train.steps=4", "train.log_every=2",
          "memory.small_shards=1", "memory.large_shards=4", "eval.repeats=1", "loading.repeats=1",
-         "browse.samples=1000", "browse.samples_per_shard=250", "browse.repeats=1"]
+         "browse.samples=1000", "browse.samples_per_shard=250", "browse.repeats=1",
+         "curate.repeats=1", "curate.index_images=2000", "engine.shards=2"]
 
 
 def check_rows(result: dict, names: list[str]) -> None:

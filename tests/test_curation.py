@@ -325,3 +325,24 @@ def test_a_safety_label_the_checkpoint_lacks_is_refused_by_name(tiny):
         SafetyClassifier.load(str(tiny / "safety"), ["porn"])
     scores = SafetyClassifier.load(str(tiny / "safety"), ["nsfw", "safe"]).score(torch.zeros(2, 3, 32, 32))
     assert scores.scores == pytest.approx([1.0, 1.0])  # both labels unsafe: their probabilities add up
+
+
+@pytest.mark.parametrize("action", ["drop", "flag"])
+def test_eval_results_say_whether_the_training_data_was_decontaminated(planted, index, tmp_path, action):
+    """A model's `training_data` names the bootstrap run that made it; its curation index and action
+    decide, per benchmark, what the eval result records."""
+    from mmw2s.bootstrap.config import BootstrapConfig
+    from mmw2s.config import save_config
+    from mmw2s.evaluate.run import decontamination
+
+    root, _ = planted
+    out, _ = index
+    run = tmp_path / "bootstrap"
+    cfg = load_config(BootstrapConfig, None, [f"input={root / 'inputs'}", f"out={run}",
+                                              f"curation.index={out / 'index.parquet'}", f"curation.action={action}"])
+    save_config(cfg, run)  # what `mmw2s bootstrap` writes first
+    checked = decontamination(str(run), "world:retrieval", "world:retrieval")
+    assert checked["checked"] and checked["contaminated_found"] == 3 and checked["action"] == action
+    assert checked["decontaminated"] == (action == "drop")  # flagged copies stay in the training data
+    other = decontamination(str(run), "world:color", "world:color")
+    assert not other["checked"] and not other["decontaminated"] and other["contaminated_found"] is None

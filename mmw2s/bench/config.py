@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "ray", "browse", "gpu", "engine")
+COMPARISONS = ("bootstrap", "caption_vlm", "train", "eval", "loading", "memory", "ray", "browse", "gpu", "curate",
+               "engine")
 # `engine` needs vLLM's own venv and minutes of server start-up: run it when asked (only=[engine])
 DEFAULT_ONLY = tuple(c for c in COMPARISONS if c != "engine")
 
@@ -49,6 +50,15 @@ class CaptionVlmBench:
     max_new_tokens: int = field(default=24, metadata={"help": "longest synthetic caption in tokens"})
     repeats: int = field(default=2, metadata={"help": "runs (each: end to end, then the ceiling); each "
                                                       "side's best counts"})
+
+
+@dataclass
+class CurateBench:
+    """The curate row: the dedup / decontamination pass vs reading the same shards alone."""
+
+    repeats: int = field(default=3, metadata={"help": "interleaved passes per side; each side's best counts"})
+    index_images: int = field(default=100_000, metadata={
+        "help": "distinct random hashes put through the dedup index to measure its memory"})
 
 
 @dataclass
@@ -169,6 +179,7 @@ class BenchConfig:
     memory: MemoryBench = field(default_factory=MemoryBench, metadata={"help": "memory row"})
     browse: BrowseBench = field(default_factory=BrowseBench, metadata={"help": "browse row"})
     gpu: GpuBench = field(default_factory=GpuBench, metadata={"help": "GPU rows (skipped without CUDA)"})
+    curate: CurateBench = field(default_factory=CurateBench, metadata={"help": "curate row"})
     engine: EngineBench = field(default_factory=EngineBench, metadata={"help": "engine row (vLLM vs generate)"})
 
     def validate(self) -> None:
@@ -186,7 +197,8 @@ class BenchConfig:
         br = self.browse
         if min(br.samples, br.samples_per_shard, br.index_samples, br.repeats) < 1 or br.thumb < 16:
             raise ValueError("browse: samples, samples_per_shard, index_samples, repeats must be >= 1, thumb >= 16")
-        if min(self.eval.repeats, self.loading.repeats, self.caption_vlm.repeats, self.engine.repeats) < 1:
+        if min(self.eval.repeats, self.loading.repeats, self.caption_vlm.repeats, self.engine.repeats,
+               self.curate.repeats, self.curate.index_images) < 1:
             raise ValueError("repeats must be >= 1")
         g = self.gpu
         sizes = (g.image_size, g.train_batch_size, g.train_steps, g.caption_batch_size, g.caption_tokens,

@@ -19,9 +19,9 @@ from mmw2s.bench.fixtures import make_models, make_world, resolve_device, web_sh
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "bench.json"
-UNITS = {"engine": "images/s", "bootstrap": "images/s", "caption_vlm": "images/s", "train": "samples/s", "eval": "images/s", "loading": "samples/s",
+UNITS = {"curate": "images/s", "engine": "images/s", "bootstrap": "images/s", "caption_vlm": "images/s", "train": "samples/s", "eval": "images/s", "loading": "samples/s",
          "memory": "MiB peak", "ray": "images/s", "browse": "seconds", "gpu": ""}
-TARGETS = {"engine": 3.0, "bootstrap": 0.8, "caption_vlm": 0.85, "train": 1.0, "eval": 1.5, "loading": 1.0, "memory": 1.1, "ray": 0.9, "browse": 2.0, "gpu": None}
+TARGETS = {"curate": 0.5, "engine": 3.0, "bootstrap": 0.8, "caption_vlm": 0.85, "train": 1.0, "eval": 1.5, "loading": 1.0, "memory": 1.1, "ray": 0.9, "browse": 2.0, "gpu": None}
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -73,6 +73,9 @@ def _comparison(name: str, cfg: BenchConfig, world: Path, models: Path | None, d
     if name == "gpu":
         from mmw2s.bench.gpu import bench_gpu
         return lambda: bench_gpu(cfg, device)
+    if name == "curate":
+        from mmw2s.bench.curation import bench_curate
+        return lambda: bench_curate(cfg, web_shards(world, cfg.world.web_shards))
     if name == "engine":
         from mmw2s.bench.engine import bench_engine
         return lambda: bench_engine(cfg, world, models, device, precision)

@@ -229,7 +229,7 @@ def contamination_report(refs: list[Reference], matches: Counter, pairs: list[di
         mine = [p for p in pairs if p["reason"] == reason]
         by_image, by_caption = matches[reason, "image"], matches[reason, "caption"]
         benchmarks[ref.name] = {
-            "images": len(ref.keys), "captions": len(ref.captions), "unreadable": ref.unreadable,
+            "spec": ref.spec, "images": len(ref.keys), "captions": len(ref.captions), "unreadable": ref.unreadable,
             "contaminated": by_image + by_caption, "by_image": by_image, "by_caption": by_caption,
             "distinct_examples_listed": len({p["of_example"] for p in mine}), "pairs": mine}
     return {"benchmarks": benchmarks, "pairs_listed": len(pairs)}

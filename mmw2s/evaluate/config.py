@@ -28,6 +28,10 @@ class ModelEntry:
     captioner: CaptionerSpec = field(
         default_factory=CaptionerSpec, metadata={"help": "the captioner when kind=captioner"})
     filter: ItmSpec = field(default_factory=ItmSpec, metadata={"help": "the BLIP ITM model when kind=filter"})
+    training_data: Optional[str] = field(default=None, metadata={
+        "help": "the `mmw2s bootstrap` run folder that made this model's training data: each result then "
+                "records whether that data was decontaminated against the benchmark (its curation index "
+                "checked the benchmark and curation.action dropped the copies); null: not known"})
 
     def validate(self) -> None:
         """Raise ValueError for a name unusable in file names."""

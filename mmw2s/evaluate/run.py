@@ -119,11 +119,40 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
 
             scorer = build_scorer(model, device, pairwise, vqa)
         kind = model.kind if isinstance(model, ModelEntry) else ""
-        record = evaluate_one(scorer, cache.get(spec), key, replace(settings, result_file=str(path)), kind)
+        bench = cache.get(spec)
+        record = evaluate_one(scorer, bench, key, replace(settings, result_file=str(path)), kind)
+        if isinstance(model, ModelEntry) and model.training_data:
+            record["training_data"] = decontamination(model.training_data, key, bench.name)
         write_json_atomic(path, record)
         log.debug("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
         results[key] = record["metrics"]
     return results
+
+
+def decontamination(bootstrap_run: str, spec: str, name: str) -> dict:
+    """Whether the training data a bootstrap run made was decontaminated against this benchmark:
+    its `curation.index` comes from a `mmw2s curate` run that checked the benchmark, and
+    `curation.action=drop` removed the copies it found (`flag` keeps them, marked)."""
+    from mmw2s.config import yaml_load
+    from mmw2s.curate.run import CONTAMINATION_FILE
+
+    config = Path(bootstrap_run) / "config.yaml"
+    try:
+        curation = (yaml_load(config.read_text()) or {}).get("curation") or {}
+    except (OSError, ValueError) as exn:
+        raise InputError(f"models[].training_data={bootstrap_run}: cannot read {config} ({exn})") from None
+    record = {"bootstrap_run": str(bootstrap_run), "curation_index": curation.get("index"),
+              "action": curation.get("action"), "checked": False, "contaminated_found": None}
+    if curation.get("index"):
+        report = Path(curation["index"]).parent / CONTAMINATION_FILE
+        try:
+            checked = read_state_json(report).get("benchmarks", {})
+        except (OSError, StateFileError) as exn:
+            raise InputError(f"models[].training_data={bootstrap_run}: its curation report {report}: {exn}") from None
+        found = next((b for n, b in checked.items() if n == name or b.get("spec") == spec), None)
+        record.update(checked=found is not None, contaminated_found=found.get("contaminated") if found else None)
+    record["decontaminated"] = record["checked"] and record["action"] == "drop"
+    return record
 
 
 def _finished_metrics(path: Path) -> dict | None:
