@@ -18,7 +18,7 @@ MICRO = ["world.samples_per_shard=4", "world.web_shards=4", "world.test_samples=
          "train.batch_size=4", "train.steps=4", "train.log_every=2",
          "memory.small_shards=1", "memory.large_shards=4", "eval.repeats=1", "loading.repeats=1",
          "browse.samples=1000", "browse.samples_per_shard=250", "browse.repeats=1",
-         "curate.repeats=1", "curate.index_images=2000", "engine.shards=2"]
+         "curate.repeats=1", "curate.index_images=2000"]
 
 
 def check_rows(result: dict, names: list[str]) -> None:

@@ -190,7 +190,7 @@ class BenchConfig:
         if self.threads < 1 or self.workers < 0:
             raise ValueError("threads must be >= 1 and workers >= 0")
         most = max(self.bootstrap.shards, self.caption_vlm.shards, self.memory.large_shards, self.memory.small_shards,
-                   self.engine.shards)
+                   self.engine.shards if "engine" in self.only else 0)
         if most > self.world.web_shards:
             raise ValueError(f"world.web_shards={self.world.web_shards} is fewer than the {most} shards "
                              "bootstrap.shards / caption_vlm.shards / memory.*_shards / engine.shards ask for")
