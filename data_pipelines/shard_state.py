@@ -81,7 +81,7 @@ def tar_problem(shard_path: str | os.PathLike, stats: dict, verify: str = "size"
     return None
 
 
-def _verified_stats(shard_path: str | os.PathLike, verify: str, fingerprint: str | None = None) -> dict | None:
+def verified_stats(shard_path: str | os.PathLike, verify: str = "size", fingerprint: str | None = None) -> dict | None:
     """The stats of a complete shard whose tar checks out, else None (with a warning saying why).
 
     With `fingerprint`, a shard made by other settings raises `OtherSettings` before its tar is
@@ -111,7 +111,7 @@ def _verified_stats(shard_path: str | os.PathLike, verify: str, fingerprint: str
 def is_complete(shard_path: str | os.PathLike, verify: str = "size") -> bool:
     """A shard is complete when the tar and its stats exist (stats are written last) and the tar
     is the one the stats describe (`tar_problem`)."""
-    return _verified_stats(shard_path, verify) is not None
+    return verified_stats(shard_path, verify) is not None
 
 
 class OtherSettings(ValueError):
@@ -124,4 +124,4 @@ def complete_with(shard_path: str | os.PathLike, fingerprint: str, verify: str =
     False for a missing, partial, corrupt or mismatched shard (redo it); raises `OtherSettings`
     for a complete shard made by other settings, so a rerun never mixes the outputs of two configs.
     """
-    return _verified_stats(shard_path, verify, fingerprint) is not None
+    return verified_stats(shard_path, verify, fingerprint) is not None

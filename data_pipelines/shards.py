@@ -38,7 +38,7 @@ from mmw2s.data_pipelines.sample_decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTS, 
                                           ReadLimits, Skip, clip_text, decode_sample, is_safe_key, safe_key,
                                           strict_json_value, viewed_rgb)
 from mmw2s.data_pipelines.shard_state import (OtherSettings, StateFileError, complete_with, file_sha256,
-                                               is_complete, read_state_json, stats_path, tar_problem)
+                                               is_complete, read_state_json, stats_path, tar_problem, verified_stats)
 from mmw2s.data_pipelines.tar_reader import TAR_SUFFIXES, ShardEnd, open_shard, shard_events, shard_name
 
 __all__ = ["clip_text", "DEFAULT_MAX_PIXELS", "IMAGE_EXTS", "JSON_EXTS", "READ_EXTS", "TEXT_EXTS", "ReadLimits", "Skip",
@@ -46,7 +46,7 @@ __all__ = ["clip_text", "DEFAULT_MAX_PIXELS", "IMAGE_EXTS", "JSON_EXTS", "READ_E
            "viewed_rgb", "open_shard", "shard_events", "shard_name", "expand_urls", "iter_samples",
            "event_pipeline", "event_loader", "RecordLoader", "ShardWriter", "stats_path", "is_complete",
            "complete_with", "OtherSettings", "write_json_atomic", "strict_json_dumps", "CurrentShard",
-           "StateFileError", "read_state_json", "tar_problem", "file_sha256"]
+           "StateFileError", "read_state_json", "tar_problem", "file_sha256", "verified_stats"]
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mmw2s.bench.bootstrap import bootstrap_args
 from mmw2s.bench.caption_vlm import tiny_vlm
-from mmw2s.bench.common import REPO_ROOT, row, run_child
+from mmw2s.bench.common import REPO_ROOT, row, run_child, skipped
 from mmw2s.bench.config import BenchConfig
 from mmw2s.bench.fixtures import web_shards
 
@@ -35,8 +35,6 @@ OVERHEAD_TARGET = 0.9
 
 def bench_engine(cfg: BenchConfig, world: Path, models: Path, device: str, precision: str) -> dict:
     """Start the server, run both bootstraps and the overhead, sweep and cache measurements."""
-    from mmw2s.bench.common import skipped
-
     e = cfg.engine
     python = Path(e.vllm_python) if Path(e.vllm_python).is_absolute() else REPO_ROOT / e.vllm_python
     if not python.exists():
@@ -49,9 +47,10 @@ def bench_engine(cfg: BenchConfig, world: Path, models: Path, device: str, preci
         server.caption(images[:4], num_captions=1, method="greedy", max_new_tokens=e.max_new_tokens)  # warm-up
         theirs = _bootstrap(cfg, world, models, device, precision, "generate", f"captioner.name={vlm}",
                             f"batch_size={e.batch_size}")
-        ours = _bootstrap(cfg, world, models, device, precision, "endpoint", *_endpoint_args(cfg, vlm, base_url))
+        ours = _bootstrap(cfg, world, models, device, precision, "endpoint", *_endpoint_args(cfg, vlm, base_url),
+                          fresh_cache=True)  # ours asks the server for every caption
         cached = _bootstrap(cfg, world, models, device, precision, "endpoint_cached",
-                            *_endpoint_args(cfg, vlm, base_url), keep_cache=True)
+                            *_endpoint_args(cfg, vlm, base_url))  # the same requests: all answered from the cache
         sweep = {c: _captioner_rate(cfg, vlm, base_url, c, images) for c in e.sweep}
         # The server's own pace drifts a lot over minutes on a CPU (measured: 20-80 images/s from one
         # run to the next), so the overhead pairs each side with the other, interleaved, best of each.
@@ -94,13 +93,13 @@ def _endpoint_args(cfg: BenchConfig, vlm: Path, base_url: str) -> list[str]:
 
 
 def _bootstrap(cfg: BenchConfig, world: Path, models: Path, device: str, precision: str, name: str, *extra: str,
-               keep_cache: bool = False) -> dict:
+               fresh_cache: bool = False) -> dict:
     """One bootstrap subprocess over `engine.shards` shards, greedy; its summary."""
     e = cfg.engine
     out = Path(cfg.out) / "runs" / f"engine_{name}"
     shutil.rmtree(out, ignore_errors=True)  # a rerun of a complete run would time nothing
-    if name == "endpoint":
-        shutil.rmtree(Path(cfg.out) / "runs" / "engine_cache", ignore_errors=True)  # ours asks the server
+    if fresh_cache:
+        shutil.rmtree(Path(cfg.out) / "runs" / "engine_cache", ignore_errors=True)
     args = bootstrap_args(cfg, models, web_shards(world, e.shards), out, device, precision, *extra,
                           f"captioner.prompt={e.prompt}", "decoding.method=greedy", "decoding.num_captions=1",
                           f"decoding.max_new_tokens={e.max_new_tokens}", "decoding.min_new_tokens=0",

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mmw2s.data_pipelines.shards import is_complete, read_state_json, shard_events, shard_name, stats_path, write_json_atomic
+from mmw2s.data_pipelines.shards import shard_events, shard_name, verified_stats, write_json_atomic
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.capfilt import endpoint_totals, released
@@ -187,8 +187,8 @@ def summarize(out: Path, urls: list[str], thresholds: Thresholds, ranks: list[di
     """
     stats, missing = [], []
     for url in urls:
-        shard = output_path(out / "shards", url)
-        (stats.append(read_state_json(stats_path(shard))) if is_complete(shard) else missing.append(shard_name(url)))
+        found = verified_stats(output_path(out / "shards", url))
+        (stats.append(found) if found is not None else missing.append(shard_name(url)))
     totals = {k: sum(s.get(k, 0) for s in stats) for k in TOTAL_KEYS}
     decoded = max(totals["decoded"], 1)
     images = sum(r["images"] for r in ranks)

@@ -180,9 +180,10 @@ def _settings(pairwise: PairwiseConfig, cfg: EvalConfig | None = None) -> TaskSe
 def run(cfg: EvalConfig) -> dict:
     """Evaluate every model of ``cfg`` on every benchmark; write the per-pair JSONs and the summary."""
     out = Path(cfg.out)
-    check_benchmarks(cfg.benchmarks, BenchmarkCache(cfg.world, cfg.vqa))
+    cache = BenchmarkCache(cfg.world, cfg.vqa)  # built once: checked first, then evaluated
+    check_benchmarks(cfg.benchmarks, cache)
     save_config(cfg, out)
-    evaluate_models(cfg, cfg.models)
+    evaluate_models(cfg, cfg.models, cache)
     records = [json.loads(result_path(out, m.name, b).read_text()) for m in cfg.models for b in cfg.benchmarks]
     return write_summary(records, out)
 
@@ -200,14 +201,14 @@ def check_benchmarks(specs: Iterable[str], cache: BenchmarkCache) -> None:
         raise InputError("cannot evaluate on " + "; ".join(problems))
 
 
-def evaluate_models(cfg: EvalConfig, entries: Iterable[ModelEntry]) -> None:
+def evaluate_models(cfg: EvalConfig, entries: Iterable[ModelEntry], cache: BenchmarkCache | None = None) -> None:
     """Write the per-pair JSONs of ``entries`` (models of ``cfg``) into ``cfg.out``, no summary.
 
     Each file is its own (model, benchmark) pair, written atomically: evaluations of different
     models may run at once into the same folder (`mmw2s run` starts each as soon as its model is
     trained), and `run` then finds them and writes the summary.
     """
-    cache = BenchmarkCache(cfg.world, cfg.vqa)
+    cache = cache or BenchmarkCache(cfg.world, cfg.vqa)
     settings = _settings(cfg.pairwise, cfg)
     for entry in entries:
         evaluate_model(entry, cfg.benchmarks, Path(cfg.out), settings, device=cfg.device, pairwise=cfg.pairwise,

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 
 from mmw2s.data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from mmw2s.data_pipelines.shards import OtherSettings, ReadLimits, complete_with, read_state_json, ShardEnd, ShardWriter, Skip, is_complete, \
-    shard_events, shard_name, stats_path, write_json_atomic
+from mmw2s.data_pipelines.shards import OtherSettings, ReadLimits, complete_with, ShardEnd, ShardWriter, Skip, is_complete, \
+    shard_events, shard_name, verified_stats, write_json_atomic
 from mmw2s.errors import StageError
 from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 from mmw2s.synthesize.backends import ApiBackend, LocalBackend, Request, Response, TemplateBackend, \
@@ -330,8 +330,8 @@ def summarize(out: Path, urls: list[str], cfg: SynthesizeConfig, this_run: Count
     """Totals over the stats on disk, plus what this run sent and spent; merges ``llava.json``."""
     stats, incomplete = [], []
     for url in urls:
-        done = is_complete(images_path(out, url))
-        (stats.append(read_state_json(stats_path(images_path(out, url)))) if done else incomplete.append(shard_name(url)))
+        found = verified_stats(images_path(out, url))
+        (stats.append(found) if found is not None else incomplete.append(shard_name(url)))
     totals = {k: sum(s.get(k, 0) for s in stats) for k in COUNT_KEYS}
     responses = {s: sum(st["responses"].get(s, 0) for st in stats) for s in STATUSES}
     by_kind = Counter()
