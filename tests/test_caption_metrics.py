@@ -410,3 +410,21 @@ def test_repeated_image_ids_are_refused(tmp_path):
                                "annotations": [{"id": 0, "image_id": 1, "caption": "a cat"}]}))
     with pytest.raises(ValueError, match="image ids repeat"):
         CB.read_coco_captions(bad)
+
+
+def test_captioning_students_are_scored_by_coco_metrics_with_the_weak_filter_as_clipscore_model(tmp_path):
+    from mmw2s.config import load_config
+    from mmw2s.experiment.config import ExperimentConfig
+    from mmw2s.experiment.plan import plan
+    from mmw2s.stages import CONFIG_DIR
+
+    experiment = CONFIG_DIR / "experiments" / "captioner_student.yaml"
+    steps = {s.name: s for s in plan(load_config(ExperimentConfig, experiment, [f"out={tmp_path}"]))[0]}
+    evaluation = steps["eval"].cfg
+    assert "world:captioning" in evaluation.benchmarks
+    # no pretrained CLIP offline: the CLIP trained on the clean split scores, not a random ViT-B-32
+    assert evaluation.captioning.clip_path == str(Path(steps["weak_filter"].out) / "final")
+    own = plan(load_config(ExperimentConfig, experiment, [f"out={tmp_path}", "eval.captioning.clip_path=/my/clip"]))[0]
+    assert next(s for s in own if s.name == "eval").cfg.captioning.clip_path == "/my/clip"
+    demo = plan(load_config(ExperimentConfig, CONFIG_DIR / "demo.yaml", [f"out={tmp_path}"]))[0]
+    assert next(s for s in demo if s.name == "eval").cfg.captioning.clip_path is None

@@ -94,3 +94,15 @@ def test_priors_experiment_pairs_the_pretrained_tower_with_the_same_student_from
     for name in ("world", "weak_captioner", "weak_filter", "bootstrap"):
         assert scratch[name].out == prior[name].out
     assert scratch["weak_filter"].cfg.dual_encoder.image_size == 32
+
+
+def test_duplicates_experiment_trains_the_aux_students_once_per_target_on_shared_teachers(tmp_path):
+    variants = plan_variants(load_config(ExperimentConfig, EXPERIMENTS / "duplicates.yaml", [f"out={tmp_path}"]))
+    distinct, multi = ({s.name: s for s in v.steps_by_seed[0]} for v in variants)
+    for name in ("student_web", "student_filtered", "student_bootstrapped", "student_gold"):
+        a, b = distinct[name].cfg.loss, multi[name].cfg.loss
+        assert a.name == b.name == "aux_confidence"
+        assert (a.duplicates, b.duplicates) == ("distinct", "multi_positive")
+        assert distinct[name].out != multi[name].out
+    for name in ("world", "weak_captioner", "weak_filter", "bootstrap", "filter_only"):
+        assert distinct[name].out == multi[name].out

@@ -43,19 +43,22 @@ def bench_engine(cfg: BenchConfig, world: Path, models: Path, device: str, preci
     server, start_s = _start_server(cfg, python, vlm)
     try:
         base_url = server.server.base_url
-        images = _images(world, e.images)
-        server.caption(images[:4], num_captions=1, method="greedy", max_new_tokens=e.max_new_tokens)  # warm-up
+        fresh = iter(range(0, 1 << 24, e.images))  # each measurement its own images
+        size = cfg.world.image_size
+        server.caption(_fresh_images(4, next(fresh), size), num_captions=1, method="greedy",
+                       max_new_tokens=e.max_new_tokens)  # warm-up
         theirs = _bootstrap(cfg, world, models, device, precision, "generate", f"captioner.name={vlm}",
                             f"batch_size={e.batch_size}")
         ours = _bootstrap(cfg, world, models, device, precision, "endpoint", *_endpoint_args(cfg, vlm, base_url),
                           fresh_cache=True)  # ours asks the server for every caption
         cached = _bootstrap(cfg, world, models, device, precision, "endpoint_cached",
                             *_endpoint_args(cfg, vlm, base_url))  # the same requests: all answered from the cache
-        sweep = {c: _captioner_rate(cfg, vlm, base_url, c, images) for c in e.sweep}
-        # The server's own pace drifts a lot over minutes on a CPU (measured: 20-80 images/s from one
-        # run to the next), so the overhead pairs each side with the other, interleaved, best of each.
-        pairs = [(_captioner_rate(cfg, vlm, base_url, e.concurrency, images),
-                  _server_alone_rate(cfg, vlm, base_url, images)) for _ in range(e.repeats)]
+        sweep = {c: _captioner_rate(cfg, vlm, base_url, c, _fresh_images(e.images, next(fresh), size))
+                 for c in e.sweep}
+        # interleaved pairs, best of each: the machine's load changes between the two halves
+        pairs = [(_captioner_rate(cfg, vlm, base_url, e.concurrency, _fresh_images(e.images, next(fresh), size)),
+                  _server_alone_rate(cfg, vlm, base_url, _fresh_images(e.images, next(fresh), size)))
+                 for _ in range(e.repeats)]
     finally:
         server.close()
     mine, alone = max(p[0] for p in pairs), max(p[1] for p in pairs)
@@ -108,17 +111,23 @@ def _bootstrap(cfg: BenchConfig, world: Path, models: Path, device: str, precisi
     return json.loads((out / "summary.json").read_text())
 
 
-def _images(world: Path, count: int) -> list:
-    """The first `count` web images of the world, as the endpoint captioner gets them."""
-    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+def _fresh_images(count: int, offset: int, size: int) -> list:
+    """`count` PNG images no other measurement of the row sends (a colour per index from `offset`):
+    vLLM caches multimodal inputs by image hash and prefixes by token block, so an image sent twice
+    is answered faster the second time. Measured: repeats of the same 64 images made the server's
+    pace swing from 20 to 150 images/s, which is what made the earlier overhead pairs unreadable."""
+    import io
+
+    from PIL import Image
+
     from mmw2s.models.captioner_protocol import EncodedImage
 
-    found = []
-    for s in iter_samples(str(world / "web"), ReadLimits(decode_images=False)):
-        found.append(EncodedImage(s["__key__"], "bench", s["image_bytes"], s["image_ext"], seed=len(found)))
-        if len(found) == count:
-            return found
-    return found
+    out = []
+    for i in range(offset, offset + count):
+        buf = io.BytesIO()
+        Image.new("RGB", (size, size), (i % 256, (i // 256) % 256, (i * 7 + 90) % 256)).save(buf, "PNG")
+        out.append(EncodedImage(f"{i:06d}", "bench", buf.getvalue(), "png", seed=i))
+    return out
 
 
 def _captioner_rate(cfg: BenchConfig, vlm: Path, base_url: str, concurrency: int, images: list) -> float:

@@ -45,10 +45,21 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     models += [{"name": _model_name(n), "kind": "captioner" if is_captioner(n) else "dual_encoder",
                 "path": _final(s)} for n, s in students.items()]
     p.add("eval", "eval", EvalConfig,
-          merge(cfg.eval, {"world": str(t.world_dir), "models": models}), "eval")
+          merge(cfg.eval, {"world": str(t.world_dir), "models": models, **_clip_score_model(cfg, t)}), "eval")
     for b in [s for s in p.steps if s.stage == "bootstrap"]:
         p.steps.append(Step(f"audit_{b.name}", "audit", AuditConfig(run=b.cfg.out), Path(b.cfg.out)))
     return p.steps
+
+
+def _clip_score_model(cfg: ExperimentConfig, t: Teachers) -> dict:
+    """CLIPScore's model for the world's captioning suite: the weak filter, a CLIP trained on the
+    clean split, which no captioner being scored was trained by. Hessel et al.'s ViT-B/32 cannot be
+    had offline and has never seen the world's 32 px shapes; an eval section that names its own
+    `captioning.clip` or `clip_path` keeps it."""
+    own = cfg.eval.get("captioning") or {}
+    if "world:captioning" not in (cfg.eval.get("benchmarks") or []) or "clip" in own or own.get("clip_path"):
+        return {}
+    return {"captioning": {**own, "clip_path": t.filter_model}}
 
 
 def is_captioner(student: str) -> bool:
