@@ -1,0 +1,71 @@
+"""The figures of docs/science.md: students' zero-shot accuracy side by side across runs.
+
+    python scripts/plot_science.py --out docs/science/duplicates.png \
+        --models student_gold,student_bootstrapped \
+        distinct=RUN/sweep/00-distinct/report.json multi_positive=RUN/sweep/01-multi_positive/report.json
+
+Each positional argument is LABEL=report.json (what `mmw2s run` writes beside report.md). One panel
+per model; in each, one bar per (suite, label): the mean over seeds with the seeds' std, and a black
+tick at the better weak teacher's mean (the bar PGR measures from).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+WEAK = ("weak_captioner", "weak_filter")
+
+
+def load(spec: str) -> tuple[str, dict]:
+    label, _, path = spec.partition("=")
+    return label, json.loads(Path(path).read_text())
+
+
+def best_weak(report: dict, suite: str) -> float | None:
+    means = [report["aggregate"][m][suite][0] for m in WEAK if suite in report["aggregate"].get(m, {})]
+    return max(means) if means else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--models", required=True, help="comma-separated model names of the reports")
+    parser.add_argument("--title", default="")
+    parser.add_argument("runs", nargs="+", help="LABEL=path/to/report.json")
+    args = parser.parse_args()
+    runs = [load(spec) for spec in args.runs]
+    models = args.models.split(",")
+    suites = runs[0][1]["benchmarks"]
+    fig, axes = plt.subplots(len(models), 1, figsize=(1.3 * len(suites) + 2, 2.8 * len(models)), squeeze=False)
+    width = 0.8 / len(runs)
+    for ax, model in zip(axes[:, 0], models):
+        for k, (label, report) in enumerate(runs):
+            stats = report["aggregate"].get(model, {})
+            xs = [i + (k - (len(runs) - 1) / 2) * width for i in range(len(suites))]
+            means = [100 * stats[s][0] if s in stats else 0.0 for s in suites]
+            stds = [100 * stats[s][1] if s in stats and stats[s][1] is not None else 0.0 for s in suites]
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
+        for i, suite in enumerate(suites):
+            weak = best_weak(runs[0][1], suite)
+            if weak is not None:
+                ax.hlines(100 * weak, i - 0.45, i + 0.45, colors="black", linewidth=1.5)
+        ax.set_xticks(range(len(suites)), [s.removeprefix("world:") for s in suites])
+        ax.set_ylabel("accuracy %")
+        ax.set_title(f"{model} (black: the better weak teacher)", fontsize=10)
+    axes[0, 0].legend(fontsize=8, ncol=len(runs))
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
