@@ -265,7 +265,10 @@ def test_a_signal_stops_the_job_and_every_process_it_started(tiny_models, tmp_pa
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mmw2s.cli", "bootstrap", "--config", str(schema_defaults(tmp_path)),
            *overrides(web, tiny_models, out), "workers=2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`make test &`, nohup) hands its children SIGINT ignored, and
+    # Python then keeps it ignored, as a job started that way should: give the job a terminal's default.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while (len(descendants(proc.pid)) < 2 or not list(out.glob("shards/*.partial"))) and time.monotonic() < deadline:
         time.sleep(0.1)
