@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmw2s.models.captioner_protocol import EncodedImage
+from mmw2s.bench.engine import fresh_images
 from mmw2s.models.endpoint_captioner import EndpointCaptioner
 from mmw2s.models.specs import EndpointSpec
 from mmw2s.models.vlm_captioner import PromptedCaptioner
@@ -34,16 +35,6 @@ from mmw2s.models.vlm_tiny import build_tiny_vlm
 
 PROMPT = "Describe this image in one sentence."
 WORDS = "a red green blue small large circle square star triangle left right of the and".split()
-
-
-def images(n: int, offset: int, size: int) -> list[EncodedImage]:
-    """`n` PNG images, one colour per index from `offset` (distinct across measurements)."""
-    out = []
-    for i in range(offset, offset + n):
-        buf = io.BytesIO()
-        Image.new("RGB", (size, size), (i * 37 % 256, i * 11 % 256, i * 7 % 256)).save(buf, "PNG")
-        out.append(EncodedImage(f"{i:06d}", "bench", buf.getvalue(), "png", seed=i))
-    return out
 
 
 def timed(fn) -> tuple[float, object]:
@@ -76,8 +67,8 @@ def main() -> None:
     # vLLM's CPU build otherwise reserves 92% of the machine's memory (`--gpu-memory-utilization`)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     folder = tiny_qwen(args.image_size)
-    offsets = iter(range(0, 1 << 24, args.images))
-    fresh = lambda n=args.images: images(n, next(offsets), args.image_size)  # noqa: E731
+    offsets = itertools.count(0, args.images)
+    fresh = lambda n=args.images: fresh_images(n, next(offsets), args.image_size)  # noqa: E731
     decoding = dict(num_captions=1, method="greedy", max_new_tokens=args.new_tokens,
                     min_new_tokens=args.new_tokens if args.exact_tokens else 0)
     report = {"images": args.images, "new_tokens": args.new_tokens, "image_size": args.image_size,

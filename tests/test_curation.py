@@ -346,3 +346,15 @@ def test_eval_results_say_whether_the_training_data_was_decontaminated(planted, 
     assert checked["decontaminated"] == (action == "drop")  # flagged copies stay in the training data
     other = decontamination(str(run), "world:color", "world:color")
     assert not other["checked"] and not other["decontaminated"] and other["contaminated_found"] is None
+    # the eval writes the same record into each result of a model that names the run
+    from mmw2s.evaluate.config import ModelEntry
+    from mmw2s.evaluate.run import evaluate_model, result_path
+    from mmw2s.evaluate.tasks import TaskSettings
+    from mmw2s.models.specs import DualEncoderSpec
+
+    entry = ModelEntry(name="student", kind="dual_encoder", dual_encoder=DualEncoderSpec(arch="mmw2s-conv-tiny"),
+                       training_data=str(run))
+    evaluate_model(entry, ["world:retrieval", "world:color"], tmp_path / "eval", TaskSettings(limit=4),
+                   world=str(root / "world"))
+    for spec, expected in (("world:retrieval", checked), ("world:color", other)):
+        assert json.loads(result_path(tmp_path / "eval", "student", spec).read_text())["training_data"] == expected

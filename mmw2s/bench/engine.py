@@ -16,6 +16,7 @@ needs vLLM's own venv (`make vllm-venv`); without it the row is skipped, with th
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -43,9 +44,9 @@ def bench_engine(cfg: BenchConfig, world: Path, models: Path, device: str, preci
     server, start_s = _start_server(cfg, python, vlm)
     try:
         base_url = server.server.base_url
-        fresh = iter(range(0, 1 << 24, e.images))  # each measurement its own images
+        fresh = itertools.count(0, e.images)  # each measurement its own images
         size = cfg.world.image_size
-        server.caption(_fresh_images(4, next(fresh), size), num_captions=1, method="greedy",
+        server.caption(fresh_images(4, next(fresh), size), num_captions=1, method="greedy",
                        max_new_tokens=e.max_new_tokens)  # warm-up
         theirs = _bootstrap(cfg, world, models, device, precision, "generate", f"captioner.name={vlm}",
                             f"batch_size={e.batch_size}")
@@ -53,11 +54,11 @@ def bench_engine(cfg: BenchConfig, world: Path, models: Path, device: str, preci
                           fresh_cache=True)  # ours asks the server for every caption
         cached = _bootstrap(cfg, world, models, device, precision, "endpoint_cached",
                             *_endpoint_args(cfg, vlm, base_url))  # the same requests: all answered from the cache
-        sweep = {c: _captioner_rate(cfg, vlm, base_url, c, _fresh_images(e.images, next(fresh), size))
+        sweep = {c: _captioner_rate(cfg, vlm, base_url, c, fresh_images(e.images, next(fresh), size))
                  for c in e.sweep}
         # interleaved pairs, best of each: the machine's load changes between the two halves
-        pairs = [(_captioner_rate(cfg, vlm, base_url, e.concurrency, _fresh_images(e.images, next(fresh), size)),
-                  _server_alone_rate(cfg, vlm, base_url, _fresh_images(e.images, next(fresh), size)))
+        pairs = [(_captioner_rate(cfg, vlm, base_url, e.concurrency, fresh_images(e.images, next(fresh), size)),
+                  _server_alone_rate(cfg, vlm, base_url, fresh_images(e.images, next(fresh), size)))
                  for _ in range(e.repeats)]
     finally:
         server.close()
@@ -111,7 +112,7 @@ def _bootstrap(cfg: BenchConfig, world: Path, models: Path, device: str, precisi
     return json.loads((out / "summary.json").read_text())
 
 
-def _fresh_images(count: int, offset: int, size: int) -> list:
+def fresh_images(count: int, offset: int, size: int) -> list:
     """`count` PNG images no other measurement of the row sends (a colour per index from `offset`):
     vLLM caches multimodal inputs by image hash and prefixes by token block, so an image sent twice
     is answered faster the second time. Measured: repeats of the same 64 images made the server's

@@ -105,7 +105,7 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = model.name
-    results, scorer = {}, model if isinstance(model, Scorer) else None
+    results, scorer, curation = {}, model if isinstance(model, Scorer) else None, None
     for spec in benchmarks:
         key = spec if isinstance(spec, str) else spec.name
         path = result_path(out_dir, name, key)
@@ -122,17 +122,17 @@ def evaluate_model(model: Scorer | ModelEntry, benchmarks: Iterable[str | Benchm
         bench = cache.get(spec)
         record = evaluate_one(scorer, bench, key, replace(settings, result_file=str(path)), kind)
         if isinstance(model, ModelEntry) and model.training_data:
-            record["training_data"] = decontamination(model.training_data, key, bench.name)
+            curation = curation or training_data_curation(model.training_data)  # read once per model
+            record["training_data"] = decontamination(model.training_data, key, bench.name, curation)
         write_json_atomic(path, record)
         log.debug("%s on %s: %s (%.1fs)", name, key, record.get("skipped") or record["metrics"], record["seconds"])
         results[key] = record["metrics"]
     return results
 
 
-def decontamination(bootstrap_run: str, spec: str, name: str) -> dict:
-    """Whether the training data a bootstrap run made was decontaminated against this benchmark:
-    its `curation.index` comes from a `mmw2s curate` run that checked the benchmark, and
-    `curation.action=drop` removed the copies it found (`flag` keeps them, marked)."""
+def training_data_curation(bootstrap_run: str) -> tuple[dict, dict]:
+    """The `curation` section of a bootstrap run's config, and the benchmarks its curation report
+    checked (`{}` without an index)."""
     from mmw2s.config import yaml_load
     from mmw2s.curate.run import CONTAMINATION_FILE
 
@@ -141,18 +141,26 @@ def decontamination(bootstrap_run: str, spec: str, name: str) -> dict:
         curation = (yaml_load(config.read_text()) or {}).get("curation") or {}
     except (OSError, ValueError) as exn:
         raise InputError(f"models[].training_data={bootstrap_run}: cannot read {config} ({exn})") from None
-    record = {"bootstrap_run": str(bootstrap_run), "curation_index": curation.get("index"),
-              "action": curation.get("action"), "checked": False, "contaminated_found": None}
-    if curation.get("index"):
-        report = Path(curation["index"]).parent / CONTAMINATION_FILE
-        try:
-            checked = read_state_json(report).get("benchmarks", {})
-        except (OSError, StateFileError) as exn:
-            raise InputError(f"models[].training_data={bootstrap_run}: its curation report {report}: {exn}") from None
-        found = next((b for n, b in checked.items() if n == name or b.get("spec") == spec), None)
-        record.update(checked=found is not None, contaminated_found=found.get("contaminated") if found else None)
-    record["decontaminated"] = record["checked"] and record["action"] == "drop"
-    return record
+    if not curation.get("index"):
+        return curation, {}
+    report = Path(curation["index"]).parent / CONTAMINATION_FILE
+    try:
+        return curation, read_state_json(report).get("benchmarks", {})
+    except (OSError, StateFileError) as exn:
+        raise InputError(f"models[].training_data={bootstrap_run}: its curation report {report}: {exn}") from None
+
+
+def decontamination(bootstrap_run: str, spec: str, name: str, curation: tuple[dict, dict] | None = None) -> dict:
+    """Whether the training data a bootstrap run made was decontaminated against this benchmark:
+    its `curation.index` comes from a `mmw2s curate` run that checked the benchmark, and
+    `curation.action=drop` removed the copies it found (`flag` keeps them, marked). ``curation``:
+    what `training_data_curation` read, when the caller has it already."""
+    section, checked = curation or training_data_curation(bootstrap_run)
+    found = next((b for n, b in checked.items() if n == name or b.get("spec") == spec), None)
+    return {"bootstrap_run": str(bootstrap_run), "curation_index": section.get("index"),
+            "action": section.get("action"), "checked": found is not None,
+            "contaminated_found": found.get("contaminated") if found else None,
+            "decontaminated": found is not None and section.get("action") == "drop"}
 
 
 def _finished_metrics(path: Path) -> dict | None:
