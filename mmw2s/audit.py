@@ -51,7 +51,7 @@ class AuditConfig:
 
 def read_truth(spec: str | list[str]) -> dict[str, dict]:
     """key -> truth block of every sample of the input shards (a spec or URL list) that has one."""
-    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+    from mmw2s.data_pipelines import ReadLimits, iter_samples
 
     truth = {}
     for sample in iter_samples(spec, ReadLimits(decode_images=False, require_caption=False)):
@@ -63,7 +63,7 @@ def read_truth(spec: str | list[str]) -> dict[str, dict]:
 
 def read_decisions(run: str | Path) -> dict[str, dict]:
     """key -> `mmw2s` block of every written sample of a bootstrap run."""
-    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+    from mmw2s.data_pipelines import ReadLimits, iter_samples
 
     folder = Path(run) / "shards"
     urls = sorted(str(p) for p in folder.glob("*.tar"))
@@ -211,7 +211,7 @@ def join(truth: dict[str, dict], decisions: dict[str, dict]) -> list[dict]:
 
 def audit(run: str | Path, truth_spec: str | None = None) -> tuple[dict, list[dict]]:
     """All audit numbers of a bootstrap run, and the joined rows they were computed from."""
-    from mmw2s.data_pipelines.shards import expand_urls, shard_name
+    from mmw2s.data_pipelines import expand_urls, shard_name
 
     decisions = read_decisions(run)
     done = {p.stem for p in (Path(run) / "shards").glob("*.tar")}
@@ -298,7 +298,7 @@ def plot_scores(rows: list[dict], path: str | Path, bins: int) -> Path:
 
 def run(cfg: AuditConfig) -> dict:
     """Audit `cfg.run`; writes `audit.json`, `audit.md` and `audit_web_scores.png`; returns the numbers."""
-    from mmw2s.data_pipelines.shards import write_json_atomic
+    from mmw2s.data_pipelines import write_json_atomic
 
     result, rows = audit(cfg.run, cfg.truth)
     out = Path(cfg.out or cfg.run)

@@ -10,7 +10,7 @@ from mmw2s.config import ConfigError, describe, load_config
 from mmw2s.console import level_of, setup_logging
 from mmw2s.errors import StageError
 from mmw2s.interrupts import Terminated, handle_sigterm, stop_descendants
-from mmw2s.stages import STAGES, Stage
+from mmw2s.commands import STAGES, Stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def user_error(exn: Exception) -> str | None:
     """The one-line message of an error the user or the environment caused, None for a bug."""
-    from mmw2s.data_pipelines.shards import ShardError, StateFileError  # loads torch: not for `mmw2s --help`
+    from mmw2s.data_pipelines import ShardError, StateFileError  # loads torch: not for `mmw2s --help`
 
     if isinstance(exn, StageError):
         return str(exn)

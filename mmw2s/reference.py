@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 from mmw2s.config import MISSING, type_name
-from mmw2s.stages import STAGES, Stage
+from mmw2s.commands import STAGES, Stage
 
 SECTION = "keys_of"
 SUBSECTIONS = "keys_under"

@@ -41,7 +41,7 @@ LOCK_FILE = ".mmw2s.lock"
 
 def input_urls(spec: str) -> list[str]:
     """The input shard URLs; their names must be distinct since outputs are named after them."""
-    from mmw2s.data_pipelines.shards import expand_urls, shard_name
+    from mmw2s.data_pipelines import expand_urls, shard_name
 
     try:
         urls = expand_urls(spec)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mmw2s.console import progress_bar, running_stage
 
-from mmw2s.data_pipelines.shards import iter_samples, write_json_atomic
+from mmw2s.data_pipelines import iter_samples, write_json_atomic
 from mmw2s.data_pipelines.world import WorldConfig, generate_world
 from mmw2s.config import save_config
 

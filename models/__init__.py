@@ -20,13 +20,13 @@ from typing import Any
 # so they load on first use (PEP 562): config schemas that embed `models.specs` stay light and
 # `mmw2s --help` answers at once.
 _EXPORTS = {
-    "build_captioner": "captioner_build", "captioner_config": "captioner_build",
-    "list_captioners": "captioner_build",
-    "DECODING_METHODS": "captioners", "Captioner": "captioners",
+    "build_captioner": "captioners.build", "captioner_config": "captioners.build",
+    "list_captioners": "captioners.build",
+    "DECODING_METHODS": "captioners.blip_ved", "Captioner": "captioners.blip_ved",
     "DualEncoder": "dual_encoders", "build_dual_encoder": "dual_encoders",
     "list_dual_encoders": "dual_encoders",
     "CaptionFilter": "filters", "build_filter": "filters", "score_candidates": "filters",
-    "BlipItmFilter": "itm", "build_itm_filter": "itm",
+    "BlipItmFilter": "filters.blip_itm", "build_itm_filter": "filters.blip_itm",
     "LOSSES": "losses", "aux_confidence_coef": "losses",
     "aux_confidence_contrastive_loss": "losses", "build_loss": "losses",
     "contrastive_loss": "losses",

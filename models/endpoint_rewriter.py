@@ -20,7 +20,7 @@ from typing import Sequence
 
 import yaml
 
-from .captioner_protocol import Caption
+from .captioners.protocol import Caption
 from .endpoint_session import EndpointSession
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .captioner_protocol import InvalidCaption
+from .captioners.protocol import InvalidCaption
 from .endpoint_server import COMMANDS, ManagedServer, gpu_env
 from .openai_client import ChatClient, ChatResult, ResponseCache, RetryPolicy, Usage, cache_key
 from .specs import EndpointSpec

@@ -28,9 +28,9 @@ from pathlib import Path
 from PIL import Image
 
 from mmw2s.bench.engine import fresh_images
-from mmw2s.models.endpoint_captioner import EndpointCaptioner
+from mmw2s.models.captioners.endpoint import EndpointCaptioner
 from mmw2s.models.specs import EndpointSpec
-from mmw2s.models.vlm_captioner import PromptedCaptioner
+from mmw2s.models.captioners.prompted_vlm import PromptedCaptioner
 from mmw2s.models.vlm_tiny import build_tiny_vlm
 
 PROMPT = "Describe this image in one sentence."

@@ -14,7 +14,7 @@ from typing import Iterable
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
-from mmw2s.data_pipelines.shards import READ_EXTS, is_safe_key
+from mmw2s.data_pipelines import READ_EXTS, is_safe_key
 
 
 def jpeg(color="red", size=(16, 16)) -> bytes:

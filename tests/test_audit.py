@@ -6,10 +6,10 @@ import json
 import pytest
 import yaml
 
-from mmw2s.data_pipelines.shards import ShardEnd, iter_samples
+from mmw2s.data_pipelines import ShardEnd, iter_samples
 from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
 from mmw2s.audit import AuditConfig, attribute_counts, binary_metrics, run
-from mmw2s.bootstrap.stages import Batch, Selection, decide_stage
+from mmw2s.bootstrap.pipeline import Batch, Selection, decide_stage
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage
 
@@ -78,7 +78,7 @@ def test_truth_may_name_more_shards_than_were_bootstrapped(world, tmp_path):
 
 
 def test_audit_refuses_input_without_truth(tmp_path):
-    from mmw2s.data_pipelines.shards import ShardWriter
+    from mmw2s.data_pipelines import ShardWriter
 
     with ShardWriter(tmp_path / "in" / "00000.tar") as w:
         w.write({"__key__": "a", "jpg": b"x", "txt": "t", "json": {"key": "a"}})

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, ShardWriter, Skip, is_complete, iter_samples
+from mmw2s.data_pipelines import ReadLimits, ShardEnd, ShardWriter, Skip, is_complete, iter_samples
 from mmw2s.errors import StageError
-from mmw2s.bootstrap.stages import (Batch, Selection, batch_seed, batch_stage, caption_stage, decide,
+from mmw2s.bootstrap.pipeline import (Batch, Selection, batch_seed, batch_stage, caption_stage, decide,
                                     decide_stage, score_stage)
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds, top_fraction_threshold
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ShardEnd, ShardWriter, iter_samples
+from mmw2s.data_pipelines import ShardEnd, ShardWriter, iter_samples
 from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
-from mmw2s.bootstrap.stages import Batch, Selection, decide_stage
+from mmw2s.bootstrap.pipeline import Batch, Selection, decide_stage
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage
 from mmw2s.browse import extract
@@ -327,7 +327,7 @@ def experiment_folder(run: Path, tmp_path: Path) -> tuple[Path, list]:
 
 @needs_chromium
 def test_report_html_has_inline_plots_escaped_text_and_browser_links(site, tmp_path):
-    from mmw2s.report_html import write_experiment_html
+    from mmw2s.report.html import write_experiment_html
 
     run = tmp_path / "run"  # a copy: the browser built here must not replace the shared one
     shutil.copytree(site[0], run, ignore=shutil.ignore_patterns("browse"))

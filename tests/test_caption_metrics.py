@@ -268,7 +268,7 @@ def exported(tmp_path_factory):
     from mmw2s.data_pipelines.world import WorldConfig, generate_world
     from mmw2s.data_pipelines.world.spec import SplitConfig
     from mmw2s.export import ExportConfig, run as export
-    from mmw2s.models.captioner_build import build_captioner
+    from mmw2s.models.captioners.build import build_captioner
     from mmw2s.models.dual_encoders import build_dual_encoder
     from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec
 
@@ -416,7 +416,7 @@ def test_captioning_students_are_scored_by_coco_metrics_with_the_weak_filter_as_
     from mmw2s.config import load_config
     from mmw2s.experiment.config import ExperimentConfig
     from mmw2s.experiment.plan import plan
-    from mmw2s.stages import CONFIG_DIR
+    from mmw2s.commands import CONFIG_DIR
 
     experiment = CONFIG_DIR / "experiments" / "captioner_student.yaml"
     steps = {s.name: s for s in plan(load_config(ExperimentConfig, experiment, [f"out={tmp_path}"]))[0]}

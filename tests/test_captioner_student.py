@@ -11,7 +11,7 @@ import pytest
 from mmw2s.config import ConfigError, load_config
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import plan
-from mmw2s.stages import CONFIG_DIR
+from mmw2s.commands import CONFIG_DIR
 
 EXPERIMENTS = CONFIG_DIR / "experiments"
 CAPTIONER_STUDENT = EXPERIMENTS / "captioner_student.yaml"

@@ -4,7 +4,7 @@ import sys
 
 import yaml
 
-from mmw2s.data_pipelines.shards import is_complete
+from mmw2s.data_pipelines import is_complete
 from mmw2s.cli import main
 
 

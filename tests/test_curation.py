@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from mmw2s.data_pipelines.image_hash import HashIndex, hamming, phash
-from mmw2s.data_pipelines.shards import ShardEnd, Skip, iter_samples
+from mmw2s.data_pipelines import ShardEnd, Skip, iter_samples
 from hostile_tars import build_tiny_models, bootstrap, sample, write_tar
 from mmw2s.bootstrap.curation import curation_stage
 from mmw2s.bootstrap.curation_config import CurationConfig, SafetyConfig
-from mmw2s.bootstrap.stages import Batch
+from mmw2s.bootstrap.pipeline import Batch
 from mmw2s.config import load_config
 from mmw2s.curate.config import CurateConfig
 from mmw2s.curate.index import all_rows

@@ -174,9 +174,9 @@ def tiny_setup(tmp_path_factory):
     from mmw2s.data_pipelines.benchmarks import load_world_test
     from mmw2s.data_pipelines.world import WorldConfig, generate_world
     from mmw2s.data_pipelines.world.spec import SplitConfig
-    from mmw2s.models.captioner_build import build_captioner
+    from mmw2s.models.captioners.build import build_captioner
     from mmw2s.models.dual_encoders import build_dual_encoder
-    from mmw2s.models.itm import build_itm_filter
+    from mmw2s.models.filters.blip_itm import build_itm_filter
     from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec, ItmSpec
 
     root = tmp_path_factory.mktemp("eval")

@@ -4,8 +4,8 @@ import pytest
 from mmw2s.config import ConfigError, load_config
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import plan, plan_variants, run_order
-from mmw2s.report import fmt, headline, mean_std, pgr, pgr_table
-from mmw2s.stages import CONFIG_DIR
+from mmw2s.report.markdown import fmt, headline, mean_std, pgr, pgr_table
+from mmw2s.commands import CONFIG_DIR
 
 DEMO = CONFIG_DIR / "demo.yaml"
 
@@ -119,7 +119,7 @@ def test_a_resumed_run_reports_the_seconds_of_the_invocation_that_finished_each_
     import time
 
     from mmw2s.experiment import run as run_module
-    from mmw2s.experiment import stages
+    from mmw2s.experiment import worker as stages
     from mmw2s.experiment.plan import Step
 
     def fake_train(step):  # does its work once, then finds it complete (as the real stages do)

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from mmw2s.cli import main
-from mmw2s.stages import CONFIG_DIR
+from mmw2s.commands import CONFIG_DIR
 
 SMALL = [
     "world.clean.samples=500", "world.web.samples=3000", "world.test.samples=300",

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmw2s.data_pipelines.shards import ShardWriter, stats_path
+from mmw2s.data_pipelines import ShardWriter, stats_path
 from mmw2s.config import ConfigError, load_config
 from mmw2s.errors import StageError
 from mmw2s.interrupts import descendants

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, ShardWriter, Skip, is_safe_key, shard_events
+from mmw2s.data_pipelines import ReadLimits, ShardEnd, ShardWriter, Skip, is_safe_key, shard_events
 from hostile_tars import (bootstrap, build_tiny_models, check_output_tar, encoded, expected_accounting, link,
                           strict_json, write_tar)
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mmw2s.data_pipelines import sample_decode
-from mmw2s.data_pipelines.shards import (ReadLimits, ShardEnd, ShardError, ShardWriter, Skip, event_loader,
+from mmw2s.data_pipelines import (ReadLimits, ShardEnd, ShardError, ShardWriter, Skip, event_loader,
                                    expand_urls, is_safe_key, safe_key, shard_events,
                                    shard_name, write_json_atomic)
 from hostile_tars import (bootstrap, build_tiny_models, check_output_tar, encoded, expected_accounting, jpeg, link,

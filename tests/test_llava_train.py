@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmw2s.data_pipelines.shards import ShardWriter, iter_samples
+from mmw2s.data_pipelines import ShardWriter, iter_samples
 from mmw2s.data_pipelines.world import WorldConfig, shard_samples
 from mmw2s.config import ConfigError, load_config
 from mmw2s.evaluate.config import EvalConfig
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import plan
-from mmw2s.stages import CONFIG_DIR
+from mmw2s.commands import CONFIG_DIR
 from mmw2s.train.config import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,7 +149,7 @@ def test_vqa_eval_writes_acc_for_a_llava_student_and_a_captioner(tmp_path):
     from mmw2s.data_pipelines.world.spec import SplitConfig
     from mmw2s.data_pipelines.vqa import QUESTION_TYPES
     from mmw2s.evaluate import run as R
-    from mmw2s.models.captioner_build import build_captioner
+    from mmw2s.models.captioners.build import build_captioner
     from mmw2s.models.dual_encoders import build_dual_encoder
     from mmw2s.models.llava import LlavaStudent
     from mmw2s.models.llava_spec import LlavaSpec

@@ -56,7 +56,7 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bootstrapped(world, student, tmp_path_factory):
     """`mmw2s bootstrap` output: a tiny BLIP captioner and our conv CLIP filter, nothing_kept=flag."""
-    from mmw2s.data_pipelines.shards import iter_samples
+    from mmw2s.data_pipelines import iter_samples
     from mmw2s.bootstrap.config import BootstrapConfig
     from mmw2s.bootstrap.run import run
     from mmw2s.models import CaptionerSpec, build_captioner

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mmw2s.data_pipelines.shards import ShardWriter, is_complete, iter_samples
+from mmw2s.data_pipelines import ShardWriter, is_complete, iter_samples
 from mmw2s.bench.ray_engine import ACTOR_TITLE, descendant_pids
 from mmw2s.config import load_config
 

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ReadLimits, RecordLoader, ShardEnd, ShardWriter, Skip, shard_events
+from mmw2s.data_pipelines import ReadLimits, RecordLoader, ShardEnd, ShardWriter, Skip, shard_events
 
 
 def jpeg() -> bytes:

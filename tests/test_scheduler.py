@@ -10,8 +10,8 @@ from mmw2s.errors import StageError
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, plan_variants, run_order
 from mmw2s.experiment.scheduler import dependencies, resolve_jobs, run_steps, threads_per_job
-from mmw2s.experiment.stages import split_eval
-from mmw2s.stages import CONFIG_DIR
+from mmw2s.experiment.worker import split_eval
+from mmw2s.commands import CONFIG_DIR
 
 
 def test_the_demo_plan_says_which_stage_waits_for_which(tmp_path):

@@ -11,7 +11,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import (ReadLimits, ShardEnd, ShardWriter, Skip, event_pipeline,
+from mmw2s.data_pipelines import (ReadLimits, ShardEnd, ShardWriter, Skip, event_pipeline,
                                    expand_urls, is_complete, iter_samples, shard_name, stats_path)
 
 
@@ -210,7 +210,7 @@ def test_shard_names_follow_img2dataset_ids(url, name):
 
 
 def test_complete_with_tells_missing_matching_and_other_settings_apart(tmp_path):
-    from mmw2s.data_pipelines.shards import OtherSettings, complete_with
+    from mmw2s.data_pipelines import OtherSettings, complete_with
 
     path = tmp_path / "00000.tar"
     assert not complete_with(path, "abc")  # nothing yet: redo
@@ -244,7 +244,7 @@ def test_replayed_passes_are_the_records_read_from_disk(tmp_path):
 
 
 def test_replay_keeps_only_the_shards_that_fit_its_budget(tmp_path):
-    from mmw2s.data_pipelines.shards import ShardReplay
+    from mmw2s.data_pipelines import ShardReplay
 
     url = str(make_shard(tmp_path / "b-00000.tar", [good(i) for i in range(4)]))
     small, roomy = ShardReplay(budget_bytes=1000), ShardReplay(budget_bytes=1 << 20)

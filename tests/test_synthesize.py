@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmw2s.data_pipelines.instructions import (IMAGE_PLACEHOLDER, MalformedResponse, attach_records, caption_turns,
                                          dialogue, image_member, make_record, parse_turns, read_llava_json)
-from mmw2s.data_pipelines.shards import ShardWriter, is_complete, iter_samples
+from mmw2s.data_pipelines import ShardWriter, is_complete, iter_samples
 from mmw2s.errors import StageError
 from mmw2s.config import load_config
 from mmw2s.synthesize.answers import answer_from_caption

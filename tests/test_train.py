@@ -15,7 +15,7 @@ import pytest
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from mmw2s.data_pipelines.shards import ShardWriter
+from mmw2s.data_pipelines import ShardWriter
 from mmw2s.data_pipelines.world import WorldConfig, shard_samples
 from mmw2s.config import ConfigError, load_config
 from mmw2s.train.config import TextConfig, TrainConfig
@@ -223,7 +223,7 @@ def test_captioner_trains_resumes_and_final_is_a_save_pretrained_folder(shards, 
     from transformers import AutoTokenizer, BlipForConditionalGeneration
 
     from mmw2s.train import loss_history, run
-    from mmw2s.models.captioners import Captioner
+    from mmw2s.models.captioners.blip_ved import Captioner
 
     cfg = train_cfg(shards, tmp_path / "cap", "task=captioner", "steps=12", "checkpoint_every=6")
     run(cfg)
@@ -262,7 +262,7 @@ def _parts(folder):
 
 
 def _world_images(spec):
-    from mmw2s.data_pipelines.shards import iter_samples
+    from mmw2s.data_pipelines import iter_samples
 
     return iter_samples(spec)
 

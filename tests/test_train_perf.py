@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ShardWriter
+from mmw2s.data_pipelines import ShardWriter
 from mmw2s.data_pipelines.world import WorldConfig, shard_samples
 from mmw2s.config import ConfigError, load_config
 from mmw2s.train.config import TextConfig, TrainConfig

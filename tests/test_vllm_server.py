@@ -37,7 +37,7 @@ def synthetic(out: Path) -> dict[str, list[str]]:
 
 
 def test_bootstrap_through_a_real_vllm_server_is_deterministic(tmp_path):
-    from mmw2s.data_pipelines.shards import iter_samples
+    from mmw2s.data_pipelines import iter_samples
     from mmw2s.data_pipelines.world import SplitConfig, WorldConfig, generate_world
     from mmw2s.models import DualEncoderSpec, build_dual_encoder
     from mmw2s.models.vlm_tiny import build_tiny_vlm

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, iter_samples
-from mmw2s.bootstrap.stages import Batch, Selection, decide, decide_stage, invalid_caption
+from mmw2s.data_pipelines import ReadLimits, ShardEnd, iter_samples
+from mmw2s.bootstrap.pipeline import Batch, Selection, decide, decide_stage, invalid_caption
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage
 from mmw2s.config import load_config
@@ -150,7 +150,7 @@ def test_a_padded_row_gives_the_caption_it_gives_alone(vlms, family):
     """Images of different sizes get different numbers of image tokens (Qwen2-VL) or tiles (SmolVLM):
     the batch is padded, on the left, and each row still decodes as it would alone."""
     from mmw2s.models import CaptionerSpec
-    from mmw2s.models.captioner_build import load_captioner
+    from mmw2s.models.captioners.build import load_captioner
 
     cap = load_captioner(CaptionerSpec(name=str(vlms[family]), prompt=PROMPT))
     images = [Image.new("RGB", (28, 28), "red"), Image.new("RGB", (64, 16), "blue"), Image.new("RGB", (56, 56), "green")]
@@ -168,7 +168,7 @@ def test_markup_tokens_are_removed_from_captions(vlms):
     import torch
 
     from mmw2s.models import CaptionerSpec
-    from mmw2s.models.captioner_build import load_captioner
+    from mmw2s.models.captioners.build import load_captioner
 
     cap = load_captioner(CaptionerSpec(name=str(vlms["paligemma"]), prompt="caption en"))
     ids = cap.tokenizer.convert_tokens_to_ids(["red", "<loc0042>", "circle", "<seg007>"])
@@ -283,7 +283,7 @@ def test_the_shipped_vlm_config_loads_with_its_prompt_file(monkeypatch):
 
 def test_revision_of_a_git_clone_is_recorded(tmp_path):
     """`git clone https://huggingface.co/...` folders: HEAD's commit, loose or packed ref."""
-    from mmw2s.models.vlm_captioner import checkpoint_revision
+    from mmw2s.models.captioners.prompted_vlm import checkpoint_revision
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     git = tmp_path / "clone" / ".git"

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mmw2s.data_pipelines.shards import ShardWriter
+from mmw2s.data_pipelines import ShardWriter
 from mmw2s.data_pipelines.vqa import (QUESTION_TYPES, build_suite, exact_match, normalize_answer, parse_question,
                                 read_suite, scene_questions, suite_from_shards, vqa_accuracy, write_suite)
 from mmw2s.data_pipelines.world import POSITIONS, gold_caption, sample_scene

@@ -7,7 +7,7 @@ from mmw2s.config import ConfigError, load_config
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import plan, plan_variants, run_order
 from mmw2s.experiment.scheduler import dependencies
-from mmw2s.stages import CONFIG_DIR
+from mmw2s.commands import CONFIG_DIR
 
 EXPERIMENTS = CONFIG_DIR / "experiments"
 

@@ -25,8 +25,8 @@ DONE = "bench_run.done"
 
 def make_run(cfg: BenchConfig, world: Path, folder: Path) -> Path:
     """A bootstrap run folder of `browse.samples` samples under `folder` (reused when complete)."""
-    from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, iter_samples
-    from mmw2s.bootstrap.stages import Batch, Selection, decide_stage
+    from mmw2s.data_pipelines import ReadLimits, ShardEnd, iter_samples
+    from mmw2s.bootstrap.pipeline import Batch, Selection, decide_stage
     from mmw2s.bootstrap.thresholds import Thresholds
     from mmw2s.bootstrap.writer import ShardOutputs, write_stage
 
@@ -60,7 +60,7 @@ def make_run(cfg: BenchConfig, world: Path, folder: Path) -> Path:
 
 def read_pass(urls: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds to read every sample of `urls` with our reader, images decoded."""
-    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+    from mmw2s.data_pipelines import ReadLimits, iter_samples
 
     start, cpu = time.perf_counter(), time.process_time()
     n = sum(1 for _ in iter_samples(urls, ReadLimits(require_caption=False)))

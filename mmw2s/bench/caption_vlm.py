@@ -27,7 +27,7 @@ TARGET = 0.85
 def tiny_vlm(cfg: BenchConfig, world: Path, family: str | None = None) -> Path:
     """`out/models/vlm-FAMILY`: a tiny random VLM over the web captions' words (reused when present);
     the family is `caption_vlm.family` unless given."""
-    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+    from mmw2s.data_pipelines import ReadLimits, iter_samples
     from mmw2s.models.vlm_tiny import build_tiny_vlm
 
     family = family or cfg.caption_vlm.family

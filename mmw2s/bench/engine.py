@@ -76,7 +76,7 @@ def bench_engine(cfg: BenchConfig, world: Path, models: Path, device: str, preci
 
 def _start_server(cfg: BenchConfig, python: Path, vlm: Path):
     """A managed vLLM server for `vlm` on 127.0.0.1 (an endpoint captioner owns it); seconds to healthy."""
-    from mmw2s.models.endpoint_captioner import EndpointCaptioner
+    from mmw2s.models.captioners.endpoint import EndpointCaptioner
     from mmw2s.models.specs import EndpointSpec
 
     # vLLM's CPU build otherwise reserves most of the machine's memory for its KV cache
@@ -121,7 +121,7 @@ def fresh_images(count: int, offset: int, size: int) -> list:
 
     from PIL import Image
 
-    from mmw2s.models.captioner_protocol import EncodedImage
+    from mmw2s.models.captioners.protocol import EncodedImage
 
     out = []
     for i in range(offset, offset + count):
@@ -133,7 +133,7 @@ def fresh_images(count: int, offset: int, size: int) -> list:
 
 def _captioner_rate(cfg: BenchConfig, vlm: Path, base_url: str, concurrency: int, images: list) -> float:
     """Images/s of the endpoint captioner alone (no bootstrap, no cache) at `concurrency`."""
-    from mmw2s.models.endpoint_captioner import EndpointCaptioner
+    from mmw2s.models.captioners.endpoint import EndpointCaptioner
     from mmw2s.models.specs import EndpointSpec
 
     captioner = EndpointCaptioner(EndpointSpec(base_url=base_url, concurrency=concurrency, timeout_s=600, cache=False),
@@ -151,7 +151,7 @@ def _server_alone_rate(cfg: BenchConfig, vlm: Path, base_url: str, images: list)
     the server gives with none of our code around it."""
     import openai
 
-    from mmw2s.models.endpoint_captioner import data_url
+    from mmw2s.models.captioners.endpoint import data_url
 
     e = cfg.engine
     client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)

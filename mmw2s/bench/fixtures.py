@@ -40,9 +40,9 @@ def web_shards(world: Path, n: int) -> list[str]:
 def make_models(cfg: BenchConfig, world: Path) -> Path:
     """`out/models/{captioner,filter,clip}`: built from scratch (vocabulary from the web captions) and
     saved; reused when present. A name that is a folder or hub id is used as it is instead."""
-    from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+    from mmw2s.data_pipelines import ReadLimits, iter_samples
     from mmw2s.models import CaptionerSpec, DualEncoderSpec, ItmSpec, build_captioner, build_dual_encoder, build_itm_filter
-    from mmw2s.models.captioner_build import list_captioners
+    from mmw2s.models.captioners.build import list_captioners
 
     folder = Path(cfg.out) / "models"
     b = cfg.bootstrap
@@ -68,6 +68,6 @@ def make_models(cfg: BenchConfig, world: Path) -> Path:
 
 def captioner_source(cfg: BenchConfig, models: Path) -> str:
     """The captioner the bootstrap loads: our saved from-scratch one, or the configured folder / hub id."""
-    from mmw2s.models.captioner_build import list_captioners
+    from mmw2s.models.captioners.build import list_captioners
 
     return str(models / "captioner") if cfg.bootstrap.captioner in list_captioners() else cfg.bootstrap.captioner

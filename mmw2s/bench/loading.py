@@ -22,7 +22,7 @@ from mmw2s.bench.config import BenchConfig
 
 def ours_loader(urls: list[str], workers: int) -> Iterable:
     """Our reader: sample dicts, `Skip` and `ShardEnd` records, decoded in `workers` processes."""
-    from mmw2s.data_pipelines.shards import ReadLimits, RecordLoader
+    from mmw2s.data_pipelines import ReadLimits, RecordLoader
 
     return RecordLoader(urls, ReadLimits(), workers=workers)
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mmw2s.data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.bench.common import format_table, set_threads, skipped
 from mmw2s.bench.config import BenchConfig
 from mmw2s.bench.fixtures import make_models, make_world, resolve_device, web_shards

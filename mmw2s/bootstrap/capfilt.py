@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mmw2s.data_pipelines.shards import shard_name
+from mmw2s.data_pipelines import shard_name
 
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.errors import StageError
@@ -94,7 +94,7 @@ class CapFilt:
     def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
         """Load the captioner and filter a config names (hub ids, local folders, saved models)."""
         from mmw2s.models import build_captioner, build_filter, list_captioners
-        from mmw2s.models.vlm_captioner import CaptionerLoadError
+        from mmw2s.models.captioners.prompted_vlm import CaptionerLoadError
 
         generate = cfg.decoding.num_captions > 0
         for what, name in (("captioner.name", cfg.captioner.name if generate else None),

@@ -16,12 +16,12 @@ import time
 from typing import Any
 
 from mmw2s.bootstrap.shard import read_limits
-from mmw2s.bootstrap.stages import Batch, batch_stage, caption_batch
+from mmw2s.bootstrap.pipeline import Batch, batch_stage, caption_batch
 
 
 def run_batches(urls: list[str], cfg: Any, preprocess: Any, images: int) -> list[Batch]:
     """The run's first batches covering at least `images` images, decoded and preprocessed here."""
-    from mmw2s.data_pipelines.shards import shard_events
+    from mmw2s.data_pipelines import shard_events
 
     events = (e for url in urls for e in shard_events(url, read_limits(cfg)))
     batches, seen = [], 0

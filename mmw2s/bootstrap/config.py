@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from mmw2s.models.captioners.protocol import read_prompt
 from mmw2s.models.specs import CaptionerSpec, DualEncoderSpec, EndpointSpec, ItmSpec
 
 from mmw2s.bootstrap.curation_config import CurationConfig
@@ -259,10 +260,7 @@ def validate_captioner(spec: CaptionerSpec) -> None:
     if not path.is_file():
         raise ValueError(f"captioner.prompt_file={spec.prompt_file}: no such file (a relative path is read "
                          f"from the current directory, {Path.cwd()})")
-    text = path.read_text(encoding="utf-8").strip()
-    if spec.prompt is not None and spec.prompt.strip() != text:
-        raise ValueError(f"captioner.prompt and captioner.prompt_file={spec.prompt_file} disagree: set one")
-    spec.prompt = text
+    spec.prompt = read_prompt(spec.prompt, spec.prompt_file)
 
 
 def validate_endpoint(spec: CaptionerSpec, decoding: DecodingConfig) -> None:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from mmw2s.data_pipelines.shards import Skip, shard_name
+from mmw2s.data_pipelines import Skip, shard_name
 
 from mmw2s.bootstrap.curation_config import CurationConfig
-from mmw2s.bootstrap.stages import Batch
+from mmw2s.bootstrap.pipeline import Batch
 from mmw2s.curate.index import indexed_shards, is_curation_reason, shard_rows
 from mmw2s.errors import StageError
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mmw2s.data_pipelines.image_hash import sha256_hex
-from mmw2s.data_pipelines.shards import Skip, clip_text, shard_name
+from mmw2s.data_pipelines import Skip, clip_text, shard_name
 
 PARTIAL = ".partial"
 

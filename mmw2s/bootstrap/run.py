@@ -23,14 +23,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mmw2s.data_pipelines.shards import shard_events, shard_name, verified_stats, write_json_atomic
+from mmw2s.data_pipelines import shard_events, shard_name, verified_stats, write_json_atomic
 
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.capfilt import endpoint_totals, released
 from mmw2s.bootstrap.config import BootstrapConfig, captioner_key, rewrite_key
 from mmw2s.bootstrap.curation import fingerprint_keys
 from mmw2s.bootstrap.shard import ShardJob, read_limits
-from mmw2s.bootstrap.stages import Batch, batch_stage, caption_stage, score_stage
+from mmw2s.bootstrap.pipeline import Batch, batch_stage, caption_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds
 from mmw2s.bootstrap.writer import output_path
 from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder

@@ -28,13 +28,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from mmw2s.data_pipelines.shards import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
+from mmw2s.data_pipelines import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
                                    pass_through, shard_events, stats_path)
 
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.bootstrap.curation import curated
 from mmw2s.bootstrap.parquet import has_metadata
-from mmw2s.bootstrap.stages import Selection, batch_stage, caption_stage, decide_stage, score_stage
+from mmw2s.bootstrap.pipeline import Selection, batch_stage, caption_stage, decide_stage, score_stage
 from mmw2s.bootstrap.thresholds import Thresholds
 from mmw2s.bootstrap.writer import ShardOutputs, output_path, write_stage
 from mmw2s.errors import StageError

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mmw2s.data_pipelines.shards import StateFileError, read_state_json, write_json_atomic
+from mmw2s.data_pipelines import StateFileError, read_state_json, write_json_atomic
 
 from mmw2s.errors import StageError
 

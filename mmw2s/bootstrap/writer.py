@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from mmw2s.data_pipelines.shards import ShardEnd, ShardWriter, Skip, clip_text, shard_name
+from mmw2s.data_pipelines import ShardEnd, ShardWriter, Skip, clip_text, shard_name
 
 from mmw2s.bootstrap.parquet import ShardMetadata
 

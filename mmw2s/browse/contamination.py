@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from mmw2s.data_pipelines.benchmarks import load_benchmark
-from mmw2s.data_pipelines.shards import ReadLimits, iter_samples, shard_name
+from mmw2s.data_pipelines import ReadLimits, iter_samples, shard_name
 
 from mmw2s.browse.extract import thumbnail
 from mmw2s.browse.site import environment

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import DEFAULT_MAX_PIXELS, ReadLimits, ShardEnd, Skip, shard_events, shard_name
+from mmw2s.data_pipelines import DEFAULT_MAX_PIXELS, ReadLimits, ShardEnd, Skip, shard_events, shard_name
 
 CACHE_VERSION = 3
 DECISIONS = ("kept", "dropped", "nothing")  # web caption kept / replaced by a synthetic one / no caption kept

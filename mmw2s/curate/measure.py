@@ -14,7 +14,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from mmw2s.data_pipelines.shards import RecordLoader, ShardEnd, Skip, expand_urls
+from mmw2s.data_pipelines import RecordLoader, ShardEnd, Skip, expand_urls
 
 from mmw2s.curate.config import CurateConfig, DecontamConfig
 from mmw2s.curate.run import Decider, curate, read_limits

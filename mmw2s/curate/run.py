@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mmw2s.data_pipelines.image_hash import HashIndex, phash, phash_hex, sha256_hex
-from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, Skip, event_loader, expand_urls, shard_name, write_json_atomic
+from mmw2s.data_pipelines import ReadLimits, ShardEnd, Skip, event_loader, expand_urls, shard_name, write_json_atomic
 
 from mmw2s.curate.config import CurateConfig
 from mmw2s.curate.decontam import Reference, find_contamination, load_references

@@ -24,9 +24,9 @@ from PIL import Image
 from mmw2s.data_pipelines.vqa import vqa_prompt
 from mmw2s.evaluate.config import ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
-from mmw2s.models.captioners import MODEL_CLASSES, Captioner
+from mmw2s.models.captioners.blip_ved import MODEL_CLASSES, Captioner
 from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
-from mmw2s.models.itm import BlipItmFilter
+from mmw2s.models.filters.blip_itm import BlipItmFilter
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def build_scorer(entry: ModelEntry, device: str = "auto",
         dual.model.to(dev).eval()
         return DualEncoderScorer(dual, entry.name, entry.path or spec.pretrained or spec.arch)
     if entry.kind == "captioner":
-        from mmw2s.models.captioner_build import load_captioner  # BLIP, VED or a prompted VLM, by its config
+        from mmw2s.models.captioners.build import load_captioner  # BLIP, VED or a prompted VLM, by its config
 
         source = entry.path or entry.captioner.name
         captioner = load_captioner(replace(entry.captioner, name=_existing(source, entry)))
@@ -224,7 +224,7 @@ def build_scorer(entry: ModelEntry, device: str = "auto",
 def _existing(source: str, entry: ModelEntry) -> str:
     """A captioner / filter source must be a saved folder or a hub id; a registered from-scratch
     name has no vocabulary without training captions, so it cannot be evaluated as such."""
-    from mmw2s.models.captioner_build import list_captioners
+    from mmw2s.models.captioners.build import list_captioners
 
     if source in list_captioners() and not Path(source).exists():
         raise ValueError(f"model {entry.name}: {source!r} is a from-scratch config; evaluate a trained "

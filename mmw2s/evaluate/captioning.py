@@ -25,7 +25,7 @@ import torch
 
 from mmw2s.data_pipelines.benchmarks import Benchmark, Example
 from mmw2s.data_pipelines.caption_benchmarks import COCO_SYNONYMS, CaptionBenchmark, CaptionItem
-from mmw2s.data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.evaluate import caption_metrics as CM
 from mmw2s.evaluate.common import Skipped, batched
 from mmw2s.evaluate.config import CaptioningConfig

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmw2s.report import fmt, markdown_table, mean_std, pgr, pgr_table, plot_panels
+from mmw2s.report.markdown import fmt, markdown_table, mean_std, pgr, pgr_table, plot_panels
 
 if TYPE_CHECKING:
     from mmw2s.experiment.config import ExperimentConfig

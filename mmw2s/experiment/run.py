@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmw2s.data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order
 from mmw2s.experiment.progress import StageProgress
 from mmw2s.experiment.scheduler import resolve_jobs, run_steps
-from mmw2s.experiment.stages import split_eval, timing_path
+from mmw2s.experiment.worker import split_eval, timing_path
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def run(cfg: ExperimentConfig) -> Path:
     else:
         report = write_report(cfg, variants[0].steps_by_seed)
     print(f"\nReport: {report}")
-    from mmw2s.report_html import write_experiment_html
+    from mmw2s.report.html import write_experiment_html
 
     print(f"Report (HTML, with a browser of each bootstrap stage): {write_experiment_html(report, variants)}")
     return report

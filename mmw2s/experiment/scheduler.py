@@ -26,7 +26,7 @@ from mmw2s.config import to_dict
 from mmw2s.errors import StageError
 from mmw2s.experiment.display import StageDisplay
 from mmw2s.experiment.plan import Step
-from mmw2s.experiment.stages import EVAL_MODEL, run_step
+from mmw2s.experiment.worker import EVAL_MODEL, run_step
 
 Done = Callable[[int, Step, dict, bool], None]  # (index, step, seconds, was complete before)
 

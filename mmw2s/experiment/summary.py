@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmw2s.data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.experiment.captioning import (CaptioningResults, captioning_markdown, captioning_results,
                                          plot_rounds, round_rows, rounds_markdown)
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import Step, Variant
-from mmw2s.report import (benchmark_order, fmt, headline, markdown_table, mean_std, pgr_table, plot_curves,
+from mmw2s.report.markdown import (benchmark_order, fmt, headline, markdown_table, mean_std, pgr_table, plot_curves,
                           plot_lines, plot_pgr)
 
 WEAK = ("weak_captioner", "weak_filter")

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from mmw2s.data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from mmw2s.data_pipelines.shards import OtherSettings, ReadLimits, complete_with, ShardEnd, ShardWriter, Skip, is_complete, \
+from mmw2s.data_pipelines import OtherSettings, ReadLimits, complete_with, ShardEnd, ShardWriter, Skip, is_complete, \
     shard_events, shard_name, verified_stats, write_json_atomic
 from mmw2s.errors import StageError
 from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from mmw2s.data_pipelines.shards import StateFileError, read_state_json
+from mmw2s.data_pipelines import StateFileError, read_state_json
 from mmw2s.errors import StageError
 
 log = logging.getLogger(__name__)

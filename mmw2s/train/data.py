@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
-from mmw2s.data_pipelines.shards import ReadLimits, ShardEnd, Skip, clip_text, event_loader, expand_urls
+from mmw2s.data_pipelines import ReadLimits, ShardEnd, Skip, clip_text, event_loader, expand_urls
 from mmw2s.train.texts import TextSelector
 from mmw2s.errors import StageError
 

@@ -26,14 +26,14 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import ReadLimits, iter_samples
+from mmw2s.data_pipelines import ReadLimits, iter_samples
 from mmw2s.train.config import TrainConfig
 from mmw2s.train.data import TokenCache
 from mmw2s.train.conversations import llava_sources, stage1_turns, stage2_selector, vocabulary_texts
 from mmw2s.train.texts import TextSelector, mix_pools, public_meta
-from mmw2s.models.captioner_build import build_captioner, list_captioners
-from mmw2s.models.captioner_protocol import NotTrainableError, require_trainable
-from mmw2s.models.captioners import Captioner
+from mmw2s.models.captioners.build import build_captioner, list_captioners
+from mmw2s.models.captioners.protocol import NotTrainableError, require_trainable
+from mmw2s.models.captioners.blip_ved import Captioner
 from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
 from mmw2s.models.llava import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, LlavaStudent, images_to_tensor, registered_lms
 from mmw2s.models.losses import build_loss

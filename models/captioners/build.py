@@ -27,12 +27,13 @@ from transformers import (
     VisionEncoderDecoderModel,
 )
 
-from .captioners import BLIP, MODEL_CLASSES, VED, Captioner
-from .specs import CaptionerSpec
-from .tokenizers import BOS, PAD, SEP, build_word_tokenizer
-from .vlm_captioner import CaptionerLoadError, PromptedCaptioner, is_image_text_model, read_prompt
+from .blip_ved import BLIP, MODEL_CLASSES, VED, Captioner
+from ..specs import CaptionerSpec
+from ..tokenizers import BOS, PAD, SEP, build_word_tokenizer
+from .prompted_vlm import CaptionerLoadError, PromptedCaptioner, is_image_text_model
+from .protocol import read_prompt
 
-CONFIG_DIR = Path(__file__).parent / "captioner_configs"
+CONFIG_DIR = Path(__file__).parent.parent / "captioner_configs"
 
 
 def list_captioners() -> list[str]:
@@ -85,7 +86,7 @@ def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = 
 
 def build_endpoint_captioner(spec: CaptionerSpec, run_dir: str | Path | None = None, device: Any = None) -> Any:
     """An ``EndpointCaptioner`` for ``spec`` (starting its server when the spec says vllm / sglang)."""
-    from .endpoint_captioner import EndpointCaptioner
+    from .endpoint import EndpointCaptioner
 
     cache_dir = spec.endpoint.cache_dir or (Path(run_dir) / "cache" / "captions" if run_dir else None)
     log_dir = Path(run_dir) / "logs" if run_dir else None

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmw2s.data_pipelines.shards import write_json_atomic
+from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.console import stage_label
 from mmw2s.experiment.plan import Step
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from mmw2s.data_pipelines.shards import ShardEnd, Skip, shard_name
-from mmw2s.models.captioner_protocol import EncodedImage
+from mmw2s.data_pipelines import ShardEnd, Skip, shard_name
+from mmw2s.models.captioners.protocol import MARKUP, EncodedImage
 
 from mmw2s.bootstrap.thresholds import Thresholds
 
@@ -216,8 +216,7 @@ class Selection:
 
 # the last three come from an endpoint captioner (`models.captioner_protocol.InvalidCaption`)
 INVALID_REASONS = ("empty", "special_tokens", "prompt", "refused", "malformed", "rejected")
-_MARKUP = re.compile(r"<[^<>\s]+>")  # <loc0042>, <image>, <|im_end|>
-_MARKUP_ONLY = re.compile(r"(?:\s*<[^<>\s]+>)+\s*")
+_MARKUP_ONLY = re.compile(rf"(?:\s*{MARKUP.pattern})+\s*")
 
 
 def _words(text: str) -> str:
@@ -237,7 +236,7 @@ def invalid_caption(caption: str, prompt: str | None = None) -> str | None:
         return "special_tokens"
     if not _words(text):
         return "empty"
-    if prompt and _words(_MARKUP.sub(" ", text)) == _words(_MARKUP.sub(" ", prompt)):
+    if prompt and _words(MARKUP.sub(" ", text)) == _words(MARKUP.sub(" ", prompt)):
         return "prompt"
     return None
 

@@ -27,9 +27,9 @@ import mimetypes
 from pathlib import Path
 from typing import Any, Sequence
 
-from .captioner_protocol import EncodedImage
-from .endpoint_session import EndpointError, EndpointSession
-from .specs import EndpointSpec
+from .protocol import EncodedImage
+from ..endpoint_session import EndpointError, EndpointSession
+from ..specs import EndpointSpec
 
 __all__ = ["EndpointCaptioner", "EndpointError", "data_url", "decoding_params"]
 

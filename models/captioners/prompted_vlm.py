@@ -24,7 +24,6 @@ How a batch is captioned, and why:
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,11 +32,11 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from .captioners import Captioner, _decoding_kwargs
+from .blip_ved import Captioner, _decoding_kwargs
+from .protocol import MARKUP
 
 CHAT_TEMPLATES = ("auto", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_MARKUP = re.compile(r"<[^<>\s]+>")  # <loc0042>, <seg007>, <image>, <|im_end|>, <row_1_col_1>
 
 
 class CaptionerLoadError(ValueError):
@@ -47,16 +46,6 @@ class CaptionerLoadError(ValueError):
 def is_image_text_model(config: Any) -> bool:
     """Whether transformers' image-text-to-text Auto mapping knows this config's ``model_type``."""
     return getattr(config, "model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-
-def read_prompt(prompt: str | None, prompt_file: str | None) -> str | None:
-    """The prompt text: ``prompt`` itself, or the stripped content of ``prompt_file``."""
-    if prompt_file is None:
-        return prompt
-    text = Path(prompt_file).read_text(encoding="utf-8").strip()
-    if prompt is not None and prompt.strip() != text:
-        raise CaptionerLoadError(f"captioner.prompt and captioner.prompt_file={prompt_file} disagree; set one")
-    return text
 
 
 class PromptedInputs:
@@ -108,7 +97,7 @@ class PromptedCaptioner(Captioner):
         self.tokenizer.padding_side = "left"  # new tokens start at one column for every row
         self.text = self._render()
         self._markup_ids = set(i for i, t in self.tokenizer.added_tokens_decoder.items()
-                                  if _MARKUP.fullmatch(str(t.content)))
+                                  if MARKUP.fullmatch(str(t.content)))
         self._probe()
 
     # ---- inputs -------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from .dual_encoders import DualEncoder, build_dual_encoder
-from .itm import BlipItmFilter, build_itm_filter
-from .specs import DualEncoderSpec, ItmSpec
+from ..dual_encoders import DualEncoder, build_dual_encoder
+from .blip_itm import BlipItmFilter, build_itm_filter
+from ..specs import DualEncoderSpec, ItmSpec
 
 
 @runtime_checkable

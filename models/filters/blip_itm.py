@@ -30,9 +30,9 @@ from transformers import (
     BlipProcessor,
 )
 
-from .captioner_build import captioner_config, list_captioners
-from .specs import ItmSpec
-from .tokenizers import CLS, PAD, SEP, build_word_tokenizer
+from ..captioners.build import captioner_config, list_captioners
+from ..specs import ItmSpec
+from ..tokenizers import CLS, PAD, SEP, build_word_tokenizer
 
 MODES = ("itm", "itc")
 ITC_TEMPERATURE = 0.07  # BLIP's initial ITC temperature; HF's retrieval model carries no learned one

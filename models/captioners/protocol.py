@@ -10,9 +10,28 @@ Light on purpose (no torch import): config schemas and the bootstrap stages impo
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
+
+
+# A model's markup token: <loc0042>, <seg007>, <image>, <|im_end|>, <row_1_col_1>. Prompted VLMs
+# drop such tokens when decoding; the bootstrap refuses captions made of nothing else.
+MARKUP = re.compile(r"<[^<>\s]+>")
+
+
+def read_prompt(prompt: str | None, prompt_file: str | None) -> str | None:
+    """The prompt text: ``prompt`` itself, or the stripped content of ``prompt_file`` (UTF-8).
+
+    Both set must say the same; a ``ValueError`` says so otherwise.
+    """
+    if prompt_file is None:
+        return prompt
+    text = Path(prompt_file).read_text(encoding="utf-8").strip()
+    if prompt is not None and prompt.strip() != text:
+        raise ValueError(f"captioner.prompt and captioner.prompt_file={prompt_file} disagree: set one")
+    return text
 
 
 @dataclass(frozen=True)

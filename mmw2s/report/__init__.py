@@ -1,0 +1,1 @@
+"""Reports of runs: Markdown tables and figures (`markdown.py`), rendered to HTML (`html.py`)."""
