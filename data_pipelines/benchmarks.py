@@ -28,26 +28,24 @@ import io
 import itertools
 import logging
 import os
-import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from mmw2s.data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, iter_samples
-from mmw2s.data_pipelines.tar_reader import tar_stream
+from mmw2s.data_pipelines.benchmark_types import (CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example,
+                                                  read_lines, wds_shards)
+from mmw2s.data_pipelines.caption_benchmarks import load_caption_benchmark, world_captioning
+from mmw2s.data_pipelines.loader import iter_samples
+from mmw2s.data_pipelines.sample_decode import IMAGE_EXTS, ReadLimits, Skip, decode_sample
+from mmw2s.data_pipelines.writer import ShardWriter
+from mmw2s.data_pipelines.tar_reader import iter_tar_groups
 from mmw2s.data_pipelines.world import COLORS, POSITIONS, SHAPES, SIZES, gold_caption, sample_scene
-from mmw2s.data_pipelines.world.scene import gold_plan, render_plan
+from mmw2s.data_pipelines.world.scene import gold_plan, paraphrases, render_plan
 from mmw2s.data_pipelines.world.vocab import INVERSE_RELATION
 
 log = logging.getLogger(__name__)
-
-CLASSIFICATION = "zeroshot_classification"
-RETRIEVAL = "zeroshot_retrieval"
-SELECTION = "image_caption_selection"
-CAPTIONING = "caption_accuracy"
 
 WORLD_SUITES = ("color", "shape", "size", "position", "count", "relation", "retrieval", "captions", "captioning")
 COUNT_CLASSES = ("one object", "two objects", "three objects")
@@ -55,38 +53,6 @@ COUNT_PROMPTS_PER_CLASS = 16
 COUNT_PROMPT_SEED = 1234  # fixed, so the count classifier is the same text for every model
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)  # CLIP's plain prompt, when a folder ships none
 _IMAGE_FILE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-@dataclass
-class Example:
-    """One evaluation item; which fields are set depends on the benchmark's task."""
-    image: Image.Image
-    key: str = ""
-    label: int | None = None  # classification: index into classnames
-    texts: list[str] | None = None  # retrieval: true captions; selection: candidates, true first
-    truth: dict | None = None  # captioning: {"scene", "gold_caption"}
-
-
-@dataclass
-class Benchmark:
-    """A named task over a re-iterable stream of examples."""
-    name: str
-    task: str
-    source: Callable[[], Iterator[Example]]
-    classnames: list[str] | None = None
-    templates: list[str] | dict[str, list[str]] | None = None
-    notes: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def examples(self) -> Iterator[Example]:
-        """A fresh iterator over the examples."""
-        return self.source()
-
-    def class_texts(self, classname: str) -> list[str]:
-        """The prompts of one class: its own list (class-specific prompts) or every template filled."""
-        if isinstance(self.templates, dict):
-            return list(self.templates[classname])
-        return [t.format(c=classname) for t in (self.templates or ["{c}"])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,8 +72,6 @@ def load_benchmark(spec: str, world: str | None = None) -> Benchmark:
     if kind == "imagefolder":
         return read_imagefolder(arg)
     if kind in ("coco", "wds-captions"):
-        from mmw2s.data_pipelines.caption_benchmarks import load_caption_benchmark  # it imports this module
-
         return load_caption_benchmark(spec)
     raise ValueError(f"unknown benchmark {spec!r}: use world:<{'|'.join(WORLD_SUITES)}>, "
                      "wds:/path/to/clip_benchmark_folder, imagefolder:/path, coco:ANNOTATIONS.json[:IMAGE_DIR] "
@@ -239,16 +203,6 @@ def _relation_suite(name: str, items: list[dict]) -> Benchmark:
                      notes="true relation of the first two objects vs the inverse relation (chance 50%)")
 
 
-def paraphrases(scene: dict) -> list[str]:
-    """Every distinct gold caption of the scene's objects in any order (the world's grammar)."""
-    captions: list[str] = []
-    for order in itertools.permutations(scene["objects"]):
-        caption = gold_caption({"objects": list(order)})
-        if caption not in captions:
-            captions.append(caption)
-    return captions
-
-
 def _retrieval_suite(name: str, items: list[dict]) -> Benchmark:
     examples = [Example(it["image"], it["key"], texts=paraphrases(it["scene"])) for it in items]
     return Benchmark("world:retrieval", RETRIEVAL, _fixed(examples),
@@ -256,8 +210,6 @@ def _retrieval_suite(name: str, items: list[dict]) -> Benchmark:
 
 
 def _captioning_suite(name: str, items: list[dict]) -> Benchmark:
-    from mmw2s.data_pipelines.caption_benchmarks import world_captioning  # it imports this module
-
     return world_captioning(items)
 
 
@@ -270,26 +222,6 @@ def _captions_suite(name: str, items: list[dict]) -> Benchmark:
 
 # --------------------------------------------------------------------------------------------
 # CLIP_benchmark webdataset folders
-
-
-def read_lines(path: Path) -> list[str] | None:
-    """Non-empty stripped lines of a text file, or None when it does not exist."""
-    if not path.is_file():
-        return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def wds_shards(folder: str | os.PathLike, split: str = "test") -> list[str]:
-    """The shard paths of a CLIP_benchmark split: ``{0..n-1}.tar`` per ``nshards.txt``, else every
-    ``*.tar`` in numeric order."""
-    split_dir = Path(folder) / split
-    nshards = read_lines(split_dir / "nshards.txt")
-    if nshards:
-        return [str(split_dir / f"{i}.tar") for i in range(int(nshards[0]))]
-    found = sorted(split_dir.glob("*.tar"), key=lambda p: (len(p.stem), p.stem))
-    if not found:
-        raise FileNotFoundError(f"no shards in {split_dir} (expected {split_dir}/0.tar ...)")
-    return [str(p) for p in found]
 
 
 def write_wds_benchmark(bench: Benchmark, folder: str | os.PathLike, split: str = "test",
@@ -373,14 +305,14 @@ def _wds_examples(shards: list[str], target: str) -> Iterator[Example]:
     for url in shards:
         for raw in iter_tar_groups(url, frozenset(IMAGE_EXTS + ("cls", "txt"))):
             sample = decode_sample(raw, limits)
-            if isinstance(sample, dict) and target in raw:
+            if not isinstance(sample, Skip) and target in raw:
                 text = raw[target].decode("utf-8", errors="replace")
                 if target == "cls":
                     yield Example(sample["image"], raw["__key__"], label=parse_label(text, url, raw["__key__"]))
                 else:
                     yield Example(sample["image"], raw["__key__"], texts=[t for t in text.splitlines() if t.strip()])
             else:
-                reason = sample.reason if not isinstance(sample, dict) else f"no_{target}"
+                reason = sample.reason if isinstance(sample, Skip) else f"no_{target}"
                 log.warning("%s: skipped sample %s (%s)", url, raw["__key__"], reason)
 
 
@@ -408,40 +340,6 @@ def check_benchmark(bench: Benchmark) -> None:
                 if not 0 <= label < len(bench.classnames):
                     raise ValueError(f"{url}: sample {raw['__key__']} has class {label}, but classnames.txt "
                                      f"names {len(bench.classnames)} classes")
-
-
-def iter_tar_groups(url: str, wanted: frozenset[str]) -> Iterator[dict]:
-    """Group a tar's members into samples by key (webdataset's rule: the key is the path up to the
-    first dot of the file name). Only members with an extension in ``wanted`` are read; nothing is
-    ever unpickled. Streams: the tar is read once, front to back. A tar that cannot be read on
-    raises a `ValueError` naming it."""
-    try:
-        yield from _tar_groups(url, wanted)
-    except (tarfile.TarError, EOFError, OSError) as exn:
-        raise ValueError(f"{url}: not a readable tar ({type(exn).__name__}: {exn})") from None
-
-
-def _tar_groups(url: str, wanted: frozenset[str]) -> Iterator[dict]:
-    with tar_stream(url) as (tar, damage):
-        current: dict | None = None
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, base = member.name.rpartition("/")
-            stem, _, ext = base.partition(".")
-            key = f"{folder}/{stem}" if folder else stem
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key, "__url__": url}
-            if ext.lower() in wanted:
-                current[ext.lower()] = tar.extractfile(member).read()
-        problem = damage()
-        if problem:  # a benchmark cut short would score a model on part of it, silently
-            raise ValueError(f"{url}: not a readable tar ({problem})")
-        if current is not None:
-            yield current
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,9 +30,12 @@ from urllib.parse import parse_qs
 
 from PIL import Image
 
-from mmw2s.data_pipelines.benchmarks import Benchmark, Example, iter_tar_groups, paraphrases, read_lines, wds_shards
-from mmw2s.data_pipelines.shards import IMAGE_EXTS, ReadLimits, ShardWriter, decode_sample, write_json_atomic
+from mmw2s.data_pipelines.benchmark_types import Benchmark, Example, read_lines, wds_shards
+from mmw2s.data_pipelines.sample_decode import IMAGE_EXTS, ReadLimits, decode_sample
+from mmw2s.data_pipelines.tar_reader import iter_tar_groups
+from mmw2s.data_pipelines.writer import ShardWriter, write_json_atomic
 from mmw2s.data_pipelines.world import SHAPES
+from mmw2s.data_pipelines.world.scene import paraphrases
 
 CAPTIONING_TASK = "captioning"  # CLIP_benchmark's name of the task
 # CHAIR's synonym list for the 80 COCO categories, in its form: "category, synonym, synonym, ..."

@@ -1,4 +1,4 @@
-"""Decoding one untrusted sample: its grouped tar members -> our sample dict, or why it is skipped.
+"""Decoding one untrusted sample: its grouped tar members -> a `DecodedSample`, or why it is skipped.
 
 Every failure while decoding a sample is that sample's skip reason (a `Skip` record), whatever
 raised it: PIL, the JSON parser (a `.json` nested 100,000 levels deep raises `RecursionError`), a
@@ -6,7 +6,8 @@ caption in a stray encoding. A sample can therefore never stop a job. What is de
 for everything downstream:
 
 - keys: `safe_key` names every output member; an unsafe key (`..`, absolute, odd characters) is
-  replaced by a readable, stable one (`shards.py` counts it and keeps the original);
+  replaced by a readable, stable one (`tar_reader.py` counts it and keeps the original as
+  `DecodedSample.original_key`);
 - JSON: strict (non-finite numbers become null, lone surrogates U+FFFD), at most
   `max_json_depth` deep (pickling to the main process and writing it again would recurse);
 - captions: UTF-8 (a BOM dropped), at most `max_caption_chars` (truncated or skipped);
@@ -21,7 +22,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -53,6 +54,25 @@ class ReadLimits:
     #                                  on its short side would make a 3.6-gigapixel image
     io_retries: int = 0  # a shard whose source fails before its first sample is opened again this often
     io_backoff_s: float = 1.0  # seconds before the first retry, doubling each time
+
+
+class DecodedSample(TypedDict):
+    """A good sample, as `decode_sample` and every reader of shards yield it.
+
+    `__key__` (the member name, made safe by the reader) and `__url__` (its shard) keep webdataset's
+    names, which its tools and `ShardWriter` read; `image` is the viewed RGB image, or None when
+    images are not decoded; `image_bytes` and `image_ext` are the member as it was; `caption` is
+    None only when no caption is required; `json` is the strict metadata (`{}` without a `.json`).
+    `original_key` is set only when the reader renamed an unsafe key.
+    """
+    __key__: str
+    __url__: str
+    image: Image.Image | None
+    image_bytes: bytes
+    image_ext: str
+    caption: str | None
+    json: dict
+    original_key: NotRequired[str]
 
 
 @dataclass
@@ -223,8 +243,14 @@ def viewed_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _decode_image(data: bytes, limits: ReadLimits) -> Image.Image | tuple[str, str]:
-    """A fully loaded, viewed RGB image, or `(reason, detail)`."""
+class _Rejected(NamedTuple):
+    """Why an image is not decoded: the skip reason and its detail."""
+    reason: str
+    detail: str
+
+
+def _decode_image(data: bytes, limits: ReadLimits) -> Image.Image | _Rejected:
+    """A fully loaded, viewed RGB image, or why not."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -232,46 +258,45 @@ def _decode_image(data: bytes, limits: ReadLimits) -> Image.Image | tuple[str, s
             w, h = image.size
             # Check the header's size before decoding the pixels: a bomb is never decoded.
             if w * h > limits.max_pixels:
-                return "too_large", f"{w}x{h} > {limits.max_pixels} pixels"
+                return _Rejected("too_large", f"{w}x{h} > {limits.max_pixels} pixels")
             if max(w, h) > limits.max_aspect_ratio * max(min(w, h), 1):
-                return "extreme_aspect", f"{w}x{h}: sides differ more than {limits.max_aspect_ratio:g}x"
+                return _Rejected("extreme_aspect", f"{w}x{h}: sides differ more than {limits.max_aspect_ratio:g}x")
             image.load()
             return viewed_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:
-        return "too_large", str(exn)
+        return _Rejected("too_large", str(exn))
     except Exception as exn:  # noqa: BLE001 - PIL raises many types for bad bytes
-        return "corrupt_image", f"{type(exn).__name__}: {exn}"
+        return _Rejected("corrupt_image", f"{type(exn).__name__}: {exn}")
 
 
 # --------------------------------------------------------------------------------------------
 # One sample
 
 
-def decode_sample(raw: dict, limits: ReadLimits) -> dict | Skip:
-    """Decode one grouped tar sample into our sample dict, or say why it is skipped.
+def decode_sample(raw: dict, limits: ReadLimits, changes: set[str] | None = None) -> DecodedSample | Skip:
+    """Decode one grouped tar sample into a `DecodedSample`, or say why it is skipped.
 
     `raw` maps `__key__`, `__url__` and lower-case extensions to member bytes (None: a member over
-    `max_member_bytes`, not read). Returns `{"__key__", "__url__", "image" (PIL RGB or None),
-    "image_bytes", "image_ext", "caption", "json", "__changed__"}` (`__changed__`: what was made
-    safe, e.g. `caption_truncated`). Never raises for anything in the sample's bytes.
+    `max_member_bytes`, not read). What was made safe (`caption_truncated`, `json_non_finite`,
+    `invalid_unicode`) is added to `changes`, which the reader counts for the samples it yields.
+    Never raises for anything in the sample's bytes.
     """
     url, key = raw.get("__url__", ""), raw.get("__key__", "")
     try:
-        return _decode(raw, url, key, limits)
+        return _decode(raw, url, key, limits, set() if changes is None else changes)
     except MemoryError:
         raise  # the machine's limit, not the sample's fault: stop and say so
     except Exception as exn:  # noqa: BLE001 - whatever a sample's bytes make raise is its skip reason
         return Skip(url, key, "decode_error", clip_text(f"{type(exn).__name__}: {exn}"))
 
 
-def _decode(raw: dict, url: str, key: str, limits: ReadLimits) -> dict | Skip:
+def _decode(raw: dict, url: str, key: str, limits: ReadLimits, changes: set[str]) -> DecodedSample | Skip:
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         return Skip(url, key, "no_image")
     unread = sorted(e for e, v in raw.items() if v is None and not e.startswith("__"))
     if unread:
         return Skip(url, key, "member_too_large", f"{', '.join(unread)} over {limits.max_member_bytes} bytes")
-    changes: set[str] = set()
     try:
         meta = parse_json(raw["json"], limits, changes) if "json" in raw else {}
     except MemoryError:
@@ -284,7 +309,7 @@ def _decode(raw: dict, url: str, key: str, limits: ReadLimits) -> dict | Skip:
     image = None
     if limits.decode_images:
         image = _decode_image(raw[ext], limits)
-        if isinstance(image, tuple):
-            return Skip(url, key, image[0], clip_text(image[1]))
+        if isinstance(image, _Rejected):
+            return Skip(url, key, image.reason, clip_text(image.detail))
     return {"__key__": key, "__url__": url, "image": image, "image_bytes": raw[ext],
-            "image_ext": ext, "caption": caption, "json": meta, "__changed__": sorted(changes)}
+            "image_ext": ext, "caption": caption, "json": meta}

@@ -14,7 +14,7 @@ The rules, each counted in the shard's `ShardEnd`:
 - duplicate keys: the first sample of a key is the one kept; any later sample with the same key,
   right after it or anywhere later in the shard, is skipped (`duplicate_key`);
 - unsafe keys are renamed (`sample_decode.safe_key`; counted in `changed["key_renamed"]`), the
-  original travels as `__original_key__`;
+  original travels as `DecodedSample.original_key`;
 - compression: gzip, bzip2 and xz shards (what `tarfile` and so webdataset read) are decompressed
   here, so the end-of-archive check below runs on the tar itself;
 - a shard is whole only if `tarfile` stopped at the end-of-archive marker (two zero blocks) and
@@ -26,6 +26,10 @@ The rules, each counted in the shard's `ShardEnd`:
   sample is opened again `io_retries` times with doubling backoff; if it still fails (or failed
   after samples were read), `ShardEnd.unreadable` says why and the writer keeps nothing of it, so
   that a rerun reads it again instead of trusting an empty shard.
+
+`iter_tar_groups` runs the same member loop for a tar that must be read whole (a benchmark): the
+members of the extensions asked for, undecoded, and a `ValueError` for whatever keeps it from
+being read whole.
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ from typing import IO, Any, Callable, Iterator
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
-from mmw2s.data_pipelines.sample_decode import READ_EXTS, ReadLimits, Skip, clip_text, decode_sample, safe_key
+from mmw2s.data_pipelines.sample_decode import (READ_EXTS, DecodedSample, ReadLimits, Skip, clip_text, decode_sample,
+                                                safe_key)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,11 @@ class ShardEnd:
     @property
     def name(self) -> str:
         return shard_name(self.url)
+
+
+# The records of the stream `shard_events` yields, and every stage passes on: a shard's decoded
+# samples and skips in tar order, then its `ShardEnd`.
+Event = DecodedSample | Skip | ShardEnd
 
 
 def open_shard(url: str):
@@ -190,7 +200,8 @@ def tar_stream(url: str) -> Iterator[tuple[tarfile.TarFile, Callable[[], str | N
         source.close()
 
 
-def _members(tar: tarfile.TarFile, limits: ReadLimits, end: ShardEnd) -> Iterator[tuple[str, str, bytes | None]]:
+def _members(tar: tarfile.TarFile, wanted: frozenset[str], max_member_bytes: int,
+             end: ShardEnd) -> Iterator[tuple[str, str, bytes | None]]:
     """`(key, ext, bytes or None when too large)` of the members we read; the rest are counted."""
     while True:
         try:
@@ -202,10 +213,10 @@ def _members(tar: tarfile.TarFile, limits: ReadLimits, end: ShardEnd) -> Iterato
         tar.members = []  # tarfile keeps every header it read; a shard can hold millions
         key, ext = base_plus_ext(info.name) if info.isreg() and not info.issparse() else (None, None)
         ext = ext.lower() if ext else ext
-        if key is None or ext not in READ_EXTS:
+        if key is None or ext not in wanted:
             end.ignored_members += 1
             continue
-        if info.size > limits.max_member_bytes:
+        if info.size > max_member_bytes:
             yield key, ext, None
             continue
         try:
@@ -215,8 +226,15 @@ def _members(tar: tarfile.TarFile, limits: ReadLimits, end: ShardEnd) -> Iterato
         yield key, ext, data
 
 
-def _groups(members: Iterator[tuple[str, str, bytes | None]], url: str) -> Iterator[dict]:
-    """Runs of consecutive members with one key; a repeated extension starts the next run."""
+@dataclass
+class _CutOff:
+    """The sample a break in the tar cut through: counted as a `cut_off` skip, never decoded."""
+    key: str
+
+
+def _groups(members: Iterator[tuple[str, str, bytes | None]], url: str) -> Iterator[dict | _CutOff]:
+    """Runs of consecutive members with one key, as webdataset dicts (`__key__`, `__url__`, one
+    entry per extension); a repeated extension starts the next run."""
     current: dict | None = None
     try:
         for key, ext, data in members:
@@ -230,34 +248,39 @@ def _groups(members: Iterator[tuple[str, str, bytes | None]], url: str) -> Itera
         raise  # nothing of the shard is kept: no need to count the sample it cut
     except _Damage:
         if current is not None:  # the sample the break cut through is counted too
-            yield {**current, "__cut__": True}
+            yield _CutOff(current["__key__"])
         raise
     if current is not None:
         yield current
 
 
-def _samples(tar: tarfile.TarFile, url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[dict | Skip]:
-    """Decoded samples and `Skip`s, the first sample of each (safe) key kept."""
+def _samples(tar: tarfile.TarFile, url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[DecodedSample | Skip]:
+    """Decoded samples and `Skip`s, the first sample of each (safe) key kept; what was made safe in
+    the samples is counted in `end.changed`."""
     seen: set[str] = set()
-    for group in _groups(_members(tar, limits, end), url):
-        key = group["__key__"]
+    for group in _groups(_members(tar, READ_EXTS, limits.max_member_bytes, end), url):
+        key = group.key if isinstance(group, _CutOff) else group["__key__"]
         name = safe_key(key)
         if name in seen:
             yield Skip(url, key, "duplicate_key", "a sample with this key came earlier in the shard")
             continue
         seen.add(name)
-        if group.pop("__cut__", False):
+        if isinstance(group, _CutOff):
             yield Skip(url, key, "cut_off", "the tar breaks inside this sample")
             continue
-        item = decode_sample(group, limits)
-        if isinstance(item, dict) and name != key:
-            item["__key__"], item["__original_key__"] = name, key
-            item["__changed__"] = sorted({*item["__changed__"], "key_renamed"})
+        changes: set[str] = set()
+        item = decode_sample(group, limits, changes)
+        if not isinstance(item, Skip):
+            if name != key:
+                item["__key__"], item["original_key"] = name, key
+                changes.add("key_renamed")
+            for change in sorted(changes):
+                end.changed[change] = end.changed.get(change, 0) + 1
         yield item
 
 
-def shard_events(url: str, limits: ReadLimits = ReadLimits()) -> Iterator[dict | Skip | ShardEnd]:
-    """Stream one shard: decoded sample dicts and `Skip` records, then one `ShardEnd`.
+def shard_events(url: str, limits: ReadLimits = ReadLimits()) -> Iterator[Event]:
+    """Stream one shard: `DecodedSample`s and `Skip` records, then one `ShardEnd`.
 
     A damaged tar (truncated, corrupt header) yields the samples before the break; the `ShardEnd`
     names the damage. A source that cannot be read is retried (see the module docstring) and
@@ -279,11 +302,10 @@ def shard_events(url: str, limits: ReadLimits = ReadLimits()) -> Iterator[dict |
             return
 
 
-def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[dict | Skip | ShardEnd]:
+def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[Event]:
     """One try at reading `url`: its records, then its `ShardEnd`."""
     errors: list[str] = []
     skipped: Counter = Counter()
-    changed: Counter = Counter()
     try:
         source = open_shard(url)
     except Exception as exn:  # noqa: BLE001 - a missing or unreadable shard is reported, not fatal
@@ -299,14 +321,13 @@ def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[dict | Ski
                                     item.reason, item.detail)
                 else:
                     end.samples += 1
-                    changed.update(item.pop("__changed__", ()))
                 yield item
         finally:
             try:
                 source.close()
             except Exception as exn:  # noqa: BLE001 - e.g. a `pipe:` command that exited non-zero
                 end.unreadable = end.unreadable or _describe(exn)
-    end.skipped, end.changed = dict(skipped), dict(changed)
+    end.skipped = dict(skipped)
     end.damaged = "; ".join(errors) or None
     if end.unreadable:
         log.warning("shard %s could not be read after %d samples: %s", url, end.samples, end.unreadable)
@@ -317,7 +338,8 @@ def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[dict | Ski
     yield end
 
 
-def _read(source: Any, url: str, limits: ReadLimits, end: ShardEnd, errors: list[str]) -> Iterator[dict | Skip]:
+def _read(source: Any, url: str, limits: ReadLimits, end: ShardEnd,
+          errors: list[str]) -> Iterator[DecodedSample | Skip]:
     try:
         stream = _Tracked(_decompressed(source))
         tar = tarfile.open(fileobj=stream, mode="r|")
@@ -347,3 +369,31 @@ def _read(source: Any, url: str, limits: ReadLimits, end: ShardEnd, errors: list
         damage = _describe(exn)
     if damage:
         errors.append(damage)
+
+
+def iter_tar_groups(url: str, wanted: frozenset[str],
+                    max_member_bytes: int = ReadLimits.max_member_bytes) -> Iterator[dict]:
+    """The samples of a tar that must be read whole (a benchmark), undecoded: webdataset dicts of
+    `__key__`, `__url__` and the bytes of the members whose extension is in `wanted`, grouped by
+    the member loop of `shard_events` (its key rule, member types and size limit). Members of other
+    extensions are never read, so nothing is ever unpickled. Streams: the tar is read once, front
+    to back. A tar that cannot be read whole (damaged, unreadable, a member over
+    `max_member_bytes`) raises a `ValueError` naming it: a benchmark cut short would score a model
+    on part of it, silently."""
+    try:
+        with tar_stream(url) as (tar, damage):
+            for group in _groups(_members(tar, wanted, max_member_bytes, ShardEnd(url)), url):
+                if isinstance(group, _CutOff):
+                    continue  # the damage that cut it is raised next
+                too_large = sorted(ext for ext, data in group.items() if data is None)
+                if too_large:
+                    raise ValueError(f"{url}: sample {group['__key__']}: {', '.join(too_large)} over "
+                                     f"{max_member_bytes} bytes")
+                yield group
+            problem = damage()
+    except (_Damage, _Unreadable) as exn:
+        raise ValueError(f"{url}: not a readable tar ({exn})") from None
+    except (tarfile.TarError, EOFError, OSError) as exn:  # opening it, or reading on after its last member
+        raise ValueError(f"{url}: not a readable tar ({_describe(exn)})") from None
+    if problem:
+        raise ValueError(f"{url}: not a readable tar ({problem})")

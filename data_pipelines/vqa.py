@@ -27,7 +27,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from mmw2s.data_pipelines.shards import ReadLimits, iter_samples, shard_name
+from mmw2s.data_pipelines.loader import iter_samples
+from mmw2s.data_pipelines.sample_decode import ReadLimits
+from mmw2s.data_pipelines.tar_reader import shard_name
 from mmw2s.data_pipelines.world.vocab import COLORS, POSITIONS, RELATION_PHRASE, SHAPES, SIZES
 
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "position", "relation")

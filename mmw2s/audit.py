@@ -146,8 +146,14 @@ def web_filter_metrics(rows: list[dict]) -> dict:
     return {"overall": overall, "per_noise_type": per_type}
 
 
-def caption_accuracy(pairs: list[tuple[str, dict]]) -> dict:
-    """Exact-match and attribute-level accuracy of (caption, truth) pairs."""
+def caption_attribute_accuracy(pairs: list[tuple[str, dict]]) -> dict:
+    """Accuracy of (caption, truth) pairs over all of them: the fraction equal to the gold caption
+    word for word (case, punctuation and spacing ignored), the precision / recall of the colours,
+    shapes and sizes they name against the scene, and the captions suite's hallucination rate.
+
+    Not the captions suite's `mmw2s.evaluate.metrics.mean_caption_scores`: the audit pools attribute
+    counts over captions and compares words, where the suite averages per caption and compares text.
+    """
     exact = sum(_norm(c) == _norm(t["gold_caption"]) for c, t in pairs)
     totals = {k: [0, 0, 0] for k in ("color", "shape", "size")}
     for caption, truth in pairs:
@@ -171,9 +177,9 @@ def synthetic_metrics(rows: list[dict]) -> dict:
     """Accuracy of all synthetic captions, of the kept and the rejected ones, and the synthetic
     filter's precision / recall with exact match to the gold caption as positive."""
     every = [(s, r["truth"]) for r in rows for s in r["synthetic"]]
-    out = {"all": caption_accuracy([(s["caption"], t) for s, t in every])}
-    out["kept"] = caption_accuracy([(s["caption"], t) for s, t in every if s["kept"]])
-    out["rejected"] = caption_accuracy([(s["caption"], t) for s, t in every if not s["kept"]])
+    out = {"all": caption_attribute_accuracy([(s["caption"], t) for s, t in every])}
+    out["kept"] = caption_attribute_accuracy([(s["caption"], t) for s, t in every if s["kept"]])
+    out["rejected"] = caption_attribute_accuracy([(s["caption"], t) for s, t in every if not s["kept"]])
     out["filter"] = binary_metrics((_norm(s["caption"]) == _norm(t["gold_caption"]), s["kept"])
                                    for s, t in every)
     return out
@@ -234,50 +240,28 @@ def audit(run: str | Path, truth_spec: str | None = None) -> tuple[dict, list[di
     return result, rows
 
 
-def _fmt(value: object) -> str:
-    return "n/a" if value is None else str(value)
-
-
 def markdown(result: dict) -> str:
-    """The audit as Markdown tables."""
-    o = {k: _fmt(v) for k, v in result["web_filter"]["overall"].items()}
-    lines = [f"# Audit of {result['run']}", "",
-             f"{result['samples']} samples with truth, {result['written']} written, "
-             f"{result['not_written']} not written (dropped or skipped: counted as web not kept).", "",
-             "## Web-caption filter (positive = noise type `correct`)", "",
-             "| precision | recall | F1 | accuracy |", "|---|---|---|---|",
-             f"| {o['precision']} | {o['recall']} | {o['f1']} | {o['accuracy']} |", "",
-             "Per noise type: the fraction of its web captions kept, and the filter's precision at telling "
-             "`correct` captions from that type alone.", "",
-             "| noise type | samples | kept fraction | mean score | precision vs correct |",
-             "|---|---|---|---|---|"]
-    for noise, e in result["web_filter"]["per_noise_type"].items():
-        lines.append(f"| {noise} | {e['samples']} | {_fmt(e['kept_fraction'])} | {_fmt(e['mean_score'])} | "
-                     f"{_fmt(e.get('precision_vs_correct', '-'))} |")
-    lines += ["", "## Synthetic captions", "",
-              "| captions | count | exact match | color P/R | shape P/R | size P/R |", "|---|---|---|---|---|---|"]
+    """The audit as Markdown tables (`mmw2s/report/templates/audit.md.j2`)."""
+    from mmw2s.report.markdown import render
+    from mmw2s.report.tables import or_na
+
+    noise_rows = [[noise, e["samples"], or_na(e["kept_fraction"]), or_na(e["mean_score"]),
+                   or_na(e.get("precision_vs_correct", "-"))]
+                  for noise, e in result["web_filter"]["per_noise_type"].items()]
+    synthetic_rows = []
     for name in ("all", "kept", "rejected"):
         e = result["synthetic"][name]
-        pr = [f"{_fmt(e['attributes'][a]['precision'])} / {_fmt(e['attributes'][a]['recall'])}"
-              for a in ("color", "shape", "size")]
-        lines.append(f"| {name} | {e['captions']} | {_fmt(e['exact_match'])} | " + " | ".join(pr) + " |")
-    f, c = result["synthetic"]["filter"], result["chosen"]
-    by = c["chosen_correct_by_source"]
-    lines += ["", f"Synthetic filter (positive = exact gold caption): precision {_fmt(f['precision'])}, "
-                  f"recall {_fmt(f['recall'])}.", "", "## Training captions", "",
-              f"Chosen caption correct: {_fmt(c['chosen_correct'])} of {c['with_caption']} samples with a "
-              f"caption (web {_fmt(by['web'])}, synthetic {_fmt(by['synthetic'])}); the web captions were "
-              f"correct for {_fmt(c['web_correct'])} of all samples.", ""]
-    return "\n".join(lines)
+        synthetic_rows.append([name, e["captions"], or_na(e["exact_match"]),
+                               *[f"{or_na(e['attributes'][a]['precision'])} / {or_na(e['attributes'][a]['recall'])}"
+                                 for a in ("color", "shape", "size")]])
+    return render("audit.md.j2", result=result, noise_rows=noise_rows, synthetic_rows=synthetic_rows)
 
 
 def plot_scores(rows: list[dict], path: str | Path, bins: int) -> Path:
     """A PNG histogram of web-caption filter scores, one curve per noise type."""
-    import matplotlib
+    from mmw2s.report.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     by_type: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         if r["web_score"] is not None:

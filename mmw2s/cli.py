@@ -1,4 +1,5 @@
-"""`mmw2s STAGE [--config FILE] [key.sub=value ...]` — the command line of every stage."""
+"""`mmw2s COMMAND [--config FILE] [key.sub=value ...]` — the command line of every registered command
+(`mmw2s.commands`): the stages and `mmw2s run`."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mmw2s.config import ConfigError, describe, load_config
+from mmw2s.config import ConfigError, load_config
+from mmw2s.schema import describe
 from mmw2s.console import level_of, setup_logging
 from mmw2s.errors import StageError
 from mmw2s.interrupts import Terminated, handle_sigterm, stop_descendants
-from mmw2s.commands import STAGES, Stage
+from mmw2s.commands import COMMANDS, Command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,13 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multimodal weak-to-strong caption bootstrapping. Each stage reads a YAML "
                     "config (its default lives in configs/) with key=value overrides on top.",
         epilog="Run 'mmw2s STAGE --help' for a stage's keys and defaults.")
-    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage in STAGES.values():
-        p = sub.add_parser(stage.name, help=stage.summary, description=stage.summary,
+    sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.summary, description=command.summary,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=_keys_help(stage))
+                           epilog=_keys_help(command))
         p.add_argument("--config", "-c", default=None,
-                       help=f"YAML config (default: configs/{stage.default_config})")
+                       help=f"YAML config (default: configs/{command.default_config})")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override a config key, e.g. seed=3 web.samples=2000")
         p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
@@ -33,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keys_help(stage: Stage) -> str:
-    """The epilog of `mmw2s STAGE --help`: every key with type, default and help."""
+def _keys_help(command: Command) -> str:
+    """The epilog of `mmw2s COMMAND --help`: every key with type, default and help."""
     try:
-        rows = describe(stage.load_schema())
-    except ImportError as exn:  # a stage whose dependencies are missing still lists itself
+        rows = describe(command.load_schema())
+    except ImportError as exn:  # a command whose dependencies are missing still lists itself
         return f"(keys unavailable: {exn})"
     width = max(len(k) for k, *_ in rows)
     lines = ["config keys (type = default):"]
@@ -56,25 +58,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handle_sigterm()
     setup_logging(level_of(args.quiet, args.verbose))
-    stage = STAGES[args.stage]
+    command = COMMANDS[args.command]
     try:
-        cfg = load_config(stage.load_schema(), args.config or stage.default_config_path,
+        cfg = load_config(command.load_schema(), args.config or command.default_config_path,
                           args.overrides)
     except ConfigError as exn:
-        print(f"mmw2s {stage.name}: config error: {exn}", file=sys.stderr)
+        print(f"mmw2s {command.name}: config error: {exn}", file=sys.stderr)
         return 2
     try:
-        stage.load_runner()(cfg)
+        command.load_runner()(cfg)
     except KeyboardInterrupt as exn:  # Ctrl-C, or SIGTERM as `Terminated`
         stop_descendants()
         what = "SIGTERM" if isinstance(exn, Terminated) else "Ctrl-C"
-        print(f"mmw2s {stage.name}: stopped by {what}; {resume_hint(cfg)}", file=sys.stderr)
+        print(f"mmw2s {command.name}: stopped by {what}; {resume_hint(cfg)}", file=sys.stderr)
         return getattr(exn, "exit_code", 130)
     except Exception as exn:  # noqa: BLE001 - one line for what the user can act on, else re-raised
         message = user_error(exn)
         if message is None:
             raise
-        print(f"mmw2s {stage.name}: {message}", file=sys.stderr)
+        print(f"mmw2s {command.name}: {message}", file=sys.stderr)
         return getattr(exn, "exit_code", 1)
     return 0
 

@@ -1,6 +1,7 @@
-"""The stage registry: every `mmw2s STAGE` command, its config schema and its default config.
+"""The command registry: every `mmw2s COMMAND` (the stages and `mmw2s run`), its config schema,
+its runner and its default config.
 
-Schemas and run functions are named as `module:attribute` strings and imported only when the stage
+Schemas and runners are named as `module:attribute` strings and imported only when the command
 is used, so `mmw2s --help` answers without importing torch.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ from mmw2s.resources import config_dir
 CONFIG_DIR = config_dir()  # the shipped default configs (package data, or the checkout's configs/)
 
 
-
 @dataclass(frozen=True)
-class Stage:
+class Command:
+    """One `mmw2s NAME` command: what it does, its config schema, its runner, its default config."""
+
     name: str
     summary: str
     schema: str  # "module:Class" of the config dataclass
@@ -40,27 +42,27 @@ def _resolve(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("world", "generate the synthetic web world (clean / web / test shards)",
-          "mmw2s.data_pipelines.world.spec:WorldConfig", "mmw2s.world:run", "world.yaml"),
-    Stage("bootstrap", "CapFilt over shards: caption, filter, write bootstrapped shards",
-          "mmw2s.bootstrap.config:BootstrapConfig", "mmw2s.bootstrap.run:run", "bootstrap.yaml"),
-    Stage("curate", "one pass over input shards: exact / near duplicates and benchmark contamination -> index.parquet",
-          "mmw2s.curate.config:CurateConfig", "mmw2s.curate.run:run", "curate.yaml"),
-    Stage("audit", "score a bootstrap run against the synthetic world's truth (filter P/R per noise type)",
-          "mmw2s.audit:AuditConfig", "mmw2s.audit:run", "audit.yaml"),
-    Stage("browse", "a static HTML site of a bootstrap run's decisions (thumbnails, captions, scores, filters)",
-          "mmw2s.browse.config:BrowseConfig", "mmw2s.browse.site:run", "browse.yaml"),
-    Stage("synthesize", "write LLaVA instruction data (conversation, detail, reasoning) from captioned shards",
-          "mmw2s.synthesize.config:SynthesizeConfig", "mmw2s.synthesize.run:run", "synthesize.yaml"),
-    Stage("train", "train a captioner (LM loss) or a CLIP student (contrastive) on shards",
-          "mmw2s.train.config:TrainConfig", "mmw2s.train.loop:run", "train.yaml"),
-    Stage("eval", "zero-shot evaluation of captioners, filters and students (CLIP_benchmark-style JSON)",
-          "mmw2s.evaluate.config:EvalConfig", "mmw2s.evaluate.run:run", "eval.yaml"),
-    Stage("export", "write the world's test suites as CLIP_benchmark webdataset folders (for clip_benchmark eval)",
-          "mmw2s.export:ExportConfig", "mmw2s.export:run", "export.yaml"),
-    Stage("run", "the weak-to-strong experiment: world -> weak teachers -> bootstrap -> students -> eval -> report",
-          "mmw2s.experiment.config:ExperimentConfig", "mmw2s.experiment.run:run", "demo.yaml"),
-    Stage("bench", "ratios of our stages vs the tools users would pick instead (open_clip_train, CLIP_benchmark, webdataset)",
-          "mmw2s.bench.config:BenchConfig", "mmw2s.bench.run:run", "bench.yaml"),
+COMMANDS: dict[str, Command] = {c.name: c for c in [
+    Command("world", "generate the synthetic web world (clean / web / test shards)",
+            "mmw2s.data_pipelines.world.spec:WorldConfig", "mmw2s.world:run", "world.yaml"),
+    Command("bootstrap", "CapFilt over shards: caption, filter, write bootstrapped shards",
+            "mmw2s.bootstrap.config:BootstrapConfig", "mmw2s.bootstrap.run:run", "bootstrap.yaml"),
+    Command("curate", "one pass over input shards: exact / near duplicates and benchmark contamination -> index.parquet",
+            "mmw2s.curate.config:CurateConfig", "mmw2s.curate.run:run", "curate.yaml"),
+    Command("audit", "score a bootstrap run against the synthetic world's truth (filter P/R per noise type)",
+            "mmw2s.audit:AuditConfig", "mmw2s.audit:run", "audit.yaml"),
+    Command("browse", "a static HTML site of a bootstrap run's decisions (thumbnails, captions, scores, filters)",
+            "mmw2s.browse.config:BrowseConfig", "mmw2s.browse.site:run", "browse.yaml"),
+    Command("synthesize", "write LLaVA instruction data (conversation, detail, reasoning) from captioned shards",
+            "mmw2s.synthesize.config:SynthesizeConfig", "mmw2s.synthesize.run:run", "synthesize.yaml"),
+    Command("train", "train a captioner (LM loss) or a CLIP student (contrastive) on shards",
+            "mmw2s.train.config:TrainConfig", "mmw2s.train.loop:run", "train.yaml"),
+    Command("eval", "zero-shot evaluation of captioners, filters and students (CLIP_benchmark-style JSON)",
+            "mmw2s.evaluate.config:EvalConfig", "mmw2s.evaluate.run:run", "eval.yaml"),
+    Command("export", "write the world's test suites as CLIP_benchmark webdataset folders (for clip_benchmark eval)",
+            "mmw2s.export:ExportConfig", "mmw2s.export:run", "export.yaml"),
+    Command("run", "the weak-to-strong experiment: world -> weak teachers -> bootstrap -> students -> eval -> report",
+            "mmw2s.experiment.config:ExperimentConfig", "mmw2s.experiment.run:run", "demo.yaml"),
+    Command("bench", "ratios of our stages vs the tools users would pick instead (open_clip_train, CLIP_benchmark, webdataset)",
+            "mmw2s.bench.config:BenchConfig", "mmw2s.bench.run:run", "bench.yaml"),
 ]}

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin,
 
 import yaml
 
+from mmw2s.schema import describe, type_name
+
 T = TypeVar("T")
 MISSING = dataclasses.MISSING
 
@@ -246,26 +248,6 @@ def _coerce_scalar(value: Any, tp: Any, fail) -> Any:
 # Messages
 
 
-def type_name(tp: Any) -> str:
-    """A readable name of a type annotation: `int`, `str or null`, `list of float`."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        names = [type_name(a) for a in get_args(tp) if a is not type(None)]
-        nullable = type(None) in get_args(tp)
-        return " or ".join(names) + (" or null" if nullable else "")
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, get_args(tp)))
-    if origin in (list, tuple):
-        args = get_args(tp)
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is dict:
-        args = get_args(tp)
-        return f"mapping of str to {type_name(args[1])}" if args else "mapping"
-    if dataclasses.is_dataclass(tp):
-        return f"mapping ({tp.__name__})"
-    return getattr(tp, "__name__", str(tp))
-
-
 def _show(value: Any) -> str:
     text = repr(value)
     text = text if len(text) < 60 else text[:57] + "..."
@@ -290,36 +272,6 @@ def _unknown_key_message(schema: type, prefix: str, key: str, source: str) -> st
 
 # --------------------------------------------------------------------------------------------
 # Introspection and saving
-
-
-def describe(schema: type, prefix: str = "", _seen: dict | None = None) -> list[tuple[str, str, Any, str]]:
-    """Every leaf key of `schema` as `(dotted key, type name, default, help)`; for `--help`.
-
-    A section of another stage's keys (`keys_of` metadata: `mmw2s run`'s) is expanded through that
-    stage's schema by `mmw2s.reference`.
-    """
-    rows = []
-    hints = get_type_hints(schema)
-    _seen = {} if _seen is None else _seen
-    for f in dataclasses.fields(schema):
-        tp = hints[f.name]
-        key = prefix + f.name
-        if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key + ".", _seen))
-            continue
-        if "keys_of" in f.metadata:
-            from mmw2s.reference import section_rows
-
-            rows.extend(section_rows(key, f, _seen))
-            continue
-        if f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            default = "(required)"
-        rows.append((key, type_name(tp), default, f.metadata.get("help", "")))
-    return rows
 
 
 def to_dict(cfg: Any) -> dict:

@@ -2,7 +2,9 @@
 
 Each family is built by name from a typed spec (``models.specs``):
 
-- ``build_captioner(CaptionerSpec)`` -> ``Captioner`` (BLIP or VisionEncoderDecoder, HF)
+- ``build_captioner(CaptionerSpec)`` -> a ``Captioner``: ``BlipVedCaptioner`` (BLIP or
+  VisionEncoderDecoder, HF; a ``TrainableCaptioner``), ``PromptedCaptioner`` (image-text-to-text
+  VLMs) or ``EndpointCaptioner`` (an OpenAI-compatible server)
 - ``build_dual_encoder(DualEncoderSpec)`` -> ``DualEncoder`` (open_clip, timm towers)
 - ``build_itm_filter(ItmSpec)`` -> ``BlipItmFilter`` (BLIP ITM / ITC)
 - ``build_filter(spec)`` -> a ``CaptionFilter`` (CLIP score or BLIP ITM / ITC)
@@ -22,7 +24,10 @@ from typing import Any
 _EXPORTS = {
     "build_captioner": "captioners.build", "captioner_config": "captioners.build",
     "list_captioners": "captioners.build",
-    "DECODING_METHODS": "captioners.blip_ved", "Captioner": "captioners.blip_ved",
+    "Captioner": "captioners.protocol", "TrainableCaptioner": "captioners.protocol",
+    "require_trainable": "captioners.protocol",
+    "BlipVedCaptioner": "captioners.blip_ved", "PromptedCaptioner": "captioners.prompted_vlm",
+    "EndpointCaptioner": "captioners.endpoint", "DECODING_METHODS": "captioners.generation",
     "DualEncoder": "dual_encoders", "build_dual_encoder": "dual_encoders",
     "list_dual_encoders": "dual_encoders",
     "CaptionFilter": "filters", "build_filter": "filters", "score_candidates": "filters",
@@ -52,12 +57,16 @@ __all__ = [
     "LOSSES",
     "DECODING_METHODS",
     "BlipItmFilter",
+    "BlipVedCaptioner",
     "CaptionFilter",
     "Captioner",
     "CaptionerSpec",
     "DualEncoder",
     "DualEncoderSpec",
+    "EndpointCaptioner",
     "ItmSpec",
+    "PromptedCaptioner",
+    "TrainableCaptioner",
     "aux_confidence_coef",
     "aux_confidence_contrastive_loss",
     "build_captioner",
@@ -70,5 +79,6 @@ __all__ = [
     "contrastive_loss",
     "list_captioners",
     "list_dual_encoders",
+    "require_trainable",
     "score_candidates",
 ]

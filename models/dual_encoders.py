@@ -47,8 +47,11 @@ class DualEncoder:
 
     ``model`` is the ``torch.nn.Module`` to train: ``model(pixel_values, tokens)`` returns a dict
     with normalized ``image_features`` / ``text_features`` and the exponentiated ``logit_scale``
-    (feed them to ``models.losses``). It is also a caption filter: ``score`` is the CLIP score.
+    (feed them to ``models.losses``). It is also a caption filter (``models.filters.CaptionFilter``):
+    the CLIP score, cosine of image and text embeddings.
     """
+
+    mode = "clip"  # the filter's kind of score, for provenance
 
     def __init__(
         self,
@@ -58,6 +61,7 @@ class DualEncoder:
         tokenizer: Callable[[list[str]], torch.Tensor],
         model_cfg: dict[str, Any],
         arch: str = "",
+        pretrained: str | None = None,
     ):
         self.model = model
         self.preprocess_train = preprocess_train
@@ -65,6 +69,7 @@ class DualEncoder:
         self.tokenizer = tokenizer
         self.model_cfg = model_cfg
         self.arch = arch
+        self.pretrained = pretrained
 
     @property
     def device(self) -> torch.device:
@@ -75,10 +80,19 @@ class DualEncoder:
         """The open_clip model itself, under any DDP / accelerate wrapper."""
         return getattr(self.model, "module", self.model)
 
+    @property
+    def name(self) -> str:
+        """The model as its spec names it: ``arch`` or ``arch:pretrained`` (provenance)."""
+        return self.arch + (f":{self.pretrained}" if self.pretrained else "")
+
+    def input_builder(self, train: bool = False) -> TransformPixels:
+        """PIL images -> CPU pixel tensor ``(B, 3, H, W)`` (train: augmented); holds no model, so it
+        can run in data-loader workers."""
+        return TransformPixels(self.preprocess_train if train else self.preprocess_val)
+
     def preprocess(self, images: list[Image.Image], train: bool = False) -> torch.Tensor:
         """PIL images -> pixel tensor ``(B, 3, H, W)`` on the model's device (train: augmented)."""
-        transform = self.preprocess_train if train else self.preprocess_val
-        return torch.stack([transform(im.convert("RGB")) for im in images]).to(self.device)
+        return self.input_builder(train)(images).to(self.device)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Texts -> token ids ``(B, context_length)`` on the model's device."""
@@ -106,6 +120,15 @@ class DualEncoder:
         """
         pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)
         return (self.encode_image(pixels) * self.encode_text(texts)).sum(dim=-1).float()
+
+    def score_grouped(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        """CLIP score ``(T,)`` of text t with image ``owner[t]``, each image encoded once, and per
+        text whether it filled the whole context (was cut to it)."""
+        tokens = self.tokenize(texts)  # (T, context_length)
+        image = self.encode_image(pixels)  # (B, D), normalized
+        text = self.encode_text(tokens)  # (T, D), normalized
+        cut = (tokens[:, -1] != _pad_id(self.tokenizer)).tolist()
+        return (image[owner] * text).sum(dim=-1), cut
 
     def save(self, folder: str | Path) -> Path:
         """Write ``open_clip_model.safetensors`` and ``open_clip_config.json``; returns the weights path.
@@ -217,7 +240,24 @@ def build_dual_encoder(spec: DualEncoderSpec, device: str | torch.device = "cpu"
         loaded = pretrained_towers.load_timm_tower(model.visual, weights, tower)
         log.info("image tower %s: %d pretrained tensors loaded from %s", tower, loaded, weights)
     tokenizer = open_clip.get_tokenizer(arch, context_length=spec.context_length)
-    return DualEncoder(model, preprocess_train, preprocess_val, tokenizer, _model_cfg(arch, spec), arch=spec.arch)
+    return DualEncoder(model, preprocess_train, preprocess_val, tokenizer, _model_cfg(arch, spec), arch=spec.arch,
+                       pretrained=spec.pretrained)
+
+
+class TransformPixels:
+    """PIL images -> ``(B, 3, H, W)`` CPU pixels with one per-image transform (open_clip's); no model."""
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(im.convert("RGB")) for im in images])
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """open_clip's padding id: 0 for its own BPE tokenizer, the HF tokenizer's for `hf-hub:` towers."""
+    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) else 0
 
 
 def parameter_counts(dual: DualEncoder) -> dict[str, int]:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from mmw2s.data_pipelines import ReadLimits, ShardEnd, ShardWriter, Skip, is_complete, iter_samples
 from mmw2s.errors import StageError
-from mmw2s.bootstrap.pipeline import (Batch, Selection, batch_seed, batch_stage, caption_stage, decide,
+from mmw2s.bootstrap.pipeline import (Batch, OutputSample, Selection, batch_seed, batch_stage, caption_stage, decide,
                                     decide_stage, score_stage)
 from mmw2s.bootstrap.thresholds import Thresholds, calibrate, load_thresholds, save_thresholds, top_fraction_threshold
 from mmw2s.bootstrap.writer import ShardOutputs, write_stage
@@ -136,11 +136,11 @@ def test_nothing_kept_is_dropped_or_flagged(policy):
                   synthetic=[["x"]], web_scores=[0.1], synthetic_scores=[[0.2]])
     provenance = {"captioner": {"name": "c"}, "filter": {"name": "f", "mode": "itm"}, "seed": 0}
     (out,) = list(decide_stage(iter([batch]), ABS, Selection(nothing_kept=policy), provenance))
-    assert out["__drop__"] is (policy == "drop") and out["txt"] == "junk" and out["png"] == b"PNG"  # the web caption
-    block = out["json"]["mmw2s"]
+    assert out.drop is (policy == "drop") and out.txt == "junk" and out.members()["png"] == b"PNG"  # the web caption
+    block = out.json["mmw2s"]
     assert block["nothing_kept"] and block["chosen"] is None and block["chosen_source"] is None
     assert block["threshold"] == {"mode": "absolute", "web": 0.5, "synthetic": 0.5} and block["seed"] == 0
-    assert out["json"]["status"] == "success"  # input fields kept
+    assert out.json["status"] == "success"  # input fields kept
 
 
 def test_top_fraction_threshold_keeps_that_fraction():
@@ -191,8 +191,8 @@ def test_writer_counts_and_closes_each_shard_at_its_end(tmp_path):
 def test_an_error_mid_run_leaves_no_complete_output(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardOutputs(tmp_path) as outputs:
-            sample = {"__key__": "a", "__url__": "in/00000.tar", "__drop__": False, "jpg": jpeg(),
-                      "json": {"mmw2s": decide("w", 0.9, [], [], ABS, Selection())}}
+            sample = OutputSample("a", "in/00000.tar", False, "jpg", jpeg(),
+                                  {"mmw2s": decide("w", 0.9, [], [], ABS, Selection())}, "w")
             outputs.write(sample)
             raise RuntimeError("killed")
     assert not (tmp_path / "00000.tar").exists() and not list(tmp_path.glob("*.partial"))

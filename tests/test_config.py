@@ -5,7 +5,8 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from mmw2s.config import ConfigError, describe, load_config, save_config
+from mmw2s.config import ConfigError, load_config, save_config
+from mmw2s.schema import describe
 
 
 @dataclass

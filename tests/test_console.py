@@ -10,7 +10,8 @@ import torch
 
 from mmw2s import console
 from mmw2s.cli import build_parser
-from mmw2s.report.markdown import benchmark_order, headline, results_table
+from mmw2s.report.stats import benchmark_order, headline
+from mmw2s.report.tables import results_table
 
 
 def test_from_scratch_dual_encoder_builds_without_the_random_init_warning(caplog):

@@ -186,11 +186,11 @@ def test_safety_drops_or_flags_over_threshold_and_cuts_the_batch_inputs():
     assert [(s.key, s.reason) for s in skips] == [("k1", "unsafe"), ("k2", "unsafe")]
     (kept,) = [x for x in out if isinstance(x, Batch)]
     assert kept.keys == ["k0", "k3"] and kept.inputs["captioner"]["pixel_values"].tolist() == [0, 3]
-    assert kept.samples[0]["__curation__"]["safety"] == {"score": pytest.approx(0.1), "label": "nsfw", "unsafe": False}
+    assert kept.curation[0]["safety"] == {"score": pytest.approx(0.1), "label": "nsfw", "unsafe": False}
     cfg.safety.action = "flag"
     batch.samples = [{"__key__": f"k{i}"} for i in range(4)]
     (flagged, _) = list(curation_stage(iter([batch, ShardEnd("s/00000.tar")]), cfg, FakeSafety()))
-    assert [s["__curation__"]["reason"] for s in flagged.samples] == [None, "unsafe", "unsafe", None]
+    assert [c["reason"] for c in flagged.curation] == [None, "unsafe", "unsafe", None]
 
 
 def test_samples_the_index_did_not_check_are_skipped_and_other_shards_refused(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from mmw2s import reference
 from mmw2s.cli import build_parser
-from mmw2s.config import describe
+from mmw2s.schema import describe, walk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ class _Outer:
 
 
 def test_sections_expand_once_through_their_schema():
-    rows = {r.key: r for r in reference.walk(_Outer)}
+    rows = {r.key: r for r in walk(_Outer)}
     assert list(rows) == ["first", "first.mode", "first.rate", "second"]
     assert rows["first"].section and "`first.*`" in rows["first"].help
     assert rows["first.mode"].allowed == ("a", "b")

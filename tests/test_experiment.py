@@ -4,7 +4,8 @@ import pytest
 from mmw2s.config import ConfigError, load_config
 from mmw2s.experiment.config import ExperimentConfig
 from mmw2s.experiment.plan import plan, plan_variants, run_order
-from mmw2s.report.markdown import fmt, headline, mean_std, pgr, pgr_table
+from mmw2s.report.stats import headline, pgr, pgr_table, spread
+from mmw2s.report.tables import fmt
 from mmw2s.commands import CONFIG_DIR
 
 DEMO = CONFIG_DIR / "demo.yaml"
@@ -93,9 +94,9 @@ def test_headline_and_seed_statistics():
     assert headline({"image_retrieval_recall@1": 0.2, "text_retrieval_recall@1": 0.4,
                      "image_retrieval_recall@5": 0.9}) == pytest.approx(0.3)
     assert headline({"acc": 0.7}) == 0.7
-    mean, std, n = mean_std([0.4, 0.6, None])
+    mean, std, n = spread([0.4, 0.6, None])
     assert (mean, n) == (pytest.approx(0.5), 2) and std == pytest.approx(0.1414, abs=1e-3)
-    assert mean_std([0.5])[1] is None and fmt(0.5, 0.02) == "50.0 ± 2.0"
+    assert spread([0.5])[1] is None and fmt(0.5, 0.02) == "50.0 ± 2.0"
 
 
 def test_capfilt_halves_are_per_seed_differences_between_students():

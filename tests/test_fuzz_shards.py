@@ -105,7 +105,7 @@ def copy_through(samples: list[dict], path: Path) -> None:
     """Write what the reader yields as bootstrap does (the image bytes, the caption, the JSON)."""
     with ShardWriter(path) as writer:
         for s in samples:
-            meta = {**s["json"], "mmw2s": {"original_key": s.get("__original_key__")}}
+            meta = {**s["json"], "mmw2s": {"original_key": s.get("original_key")}}
             writer.write({"__key__": s["__key__"], s["image_ext"]: s["image_bytes"],
                           "txt": s["caption"], "json": meta})
         writer.close({"count": len(samples)})

@@ -127,7 +127,7 @@ def test_unsafe_keys_are_renamed_safely_and_stably(tmp_path):
     # a key equal to another's new name comes later: a duplicate, so output names stay unique
     assert [(s.key, s.reason) for s in skips] == [(safe_key("../../escape"), "duplicate_key")]
     assert end.changed == {"key_renamed": 3}
-    assert [s.get("__original_key__") for s in samples] == ["../../escape", "/tmp/ABS_ESCAPE", "space key", None]
+    assert [s.get("original_key") for s in samples] == ["../../escape", "/tmp/ABS_ESCAPE", "space key", None]
     assert all(is_safe_key(s["__key__"]) for s in samples) and samples[0]["__key__"].startswith("escape-")
     with pytest.raises(ValueError, match="unsafe member name"):
         ShardWriter(tmp_path / "out.tar").write({"__key__": "../x", "txt": "x"})

@@ -47,7 +47,7 @@ def run_installed(python: Path, *args: str, cwd: Path) -> subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_the_wheel_runs_from_another_directory(installed, tiny_models, tmp_path):  # noqa: F811
-    where = run_installed(installed, "-c", "import json, mmw2s, mmw2s.models, mmw2s.data_pipelines.shards as s; "
+    where = run_installed(installed, "-c", "import json, mmw2s, mmw2s.models, mmw2s.data_pipelines.loader as s; "
                           "print(json.dumps([mmw2s.__file__, mmw2s.models.__file__, s.__file__]))", cwd=tmp_path)
     assert where.returncode == 0, where.stderr[-3000:]
     assert all(str(installed.parent.parent) in f for f in json.loads(where.stdout)), where.stdout

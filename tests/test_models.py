@@ -28,8 +28,8 @@ from mmw2s import models  # noqa: E402
 from mmw2s.models import (  # noqa: E402
     LOSSES,
     BlipItmFilter,
+    BlipVedCaptioner,
     CaptionFilter,
-    Captioner,
     CaptionerSpec,
     DualEncoder,
     DualEncoderSpec,
@@ -172,7 +172,7 @@ def test_captioner_save_reload_is_identical(trained_captioner, pairs, tmp_path):
     cap, pixels, _ = trained_captioner
     _, captions = pairs
     cap.save(tmp_path)
-    again = Captioner.load(tmp_path)
+    again = BlipVedCaptioner.load(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(again.log_likelihood(pixels, captions), cap.log_likelihood(pixels, captions))
     assert again.generate(pixels, method="beam", num_captions=2, max_new_tokens=8) == cap.generate(
@@ -444,7 +444,7 @@ def test_captioner_scores_texts_longer_than_its_position_table(pairs, tmp_path):
     images, captions = pairs
     cap = build_captioner(CaptionerSpec(name="blip-tiny", max_length=12), train_captions=captions)
     cap.save(tmp_path)
-    again = Captioner.load(tmp_path, max_length=32)  # an eval config's default, longer than the model's
+    again = BlipVedCaptioner.load(tmp_path, max_length=32)  # an eval config's default, longer than the model's
     assert again.max_length == 12
     long_text = " ".join(captions) * 3
     scores = again.log_likelihood(again.preprocess(images[:2]), [long_text, long_text])

@@ -8,15 +8,15 @@ import pytest
 from mmw2s.config import load_config
 from mmw2s.errors import StageError
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Step, plan_variants, run_order
+from mmw2s.experiment.plan import plan_variants, run_order
+from mmw2s.experiment.planner import Step, steps_to_run
 from mmw2s.experiment.scheduler import dependencies, resolve_jobs, run_steps, threads_per_job
-from mmw2s.experiment.worker import split_eval
 from mmw2s.commands import CONFIG_DIR
 
 
 def test_the_demo_plan_says_which_stage_waits_for_which(tmp_path):
     cfg = load_config(ExperimentConfig, CONFIG_DIR / "demo.yaml", [f"out={tmp_path}"])
-    steps = [part for s in run_order(plan_variants(cfg))[0] for part in split_eval(s)]
+    steps = [part for s in run_order(plan_variants(cfg))[0] for part in steps_to_run(s)]
     names = [s.name for s in steps]
     deps = {names[j]: {names[i] for i in d} for j, d in enumerate(dependencies(steps))}
     assert deps["world"] == set()
@@ -29,6 +29,16 @@ def test_the_demo_plan_says_which_stage_waits_for_which(tmp_path):
     assert deps["eval_weak_captioner"] == {"world", "weak_captioner"}
     assert deps["eval_student_web"] == {"world", "student_web"}
     assert {f"eval_{m}" for m in ["weak_captioner", "weak_filter"] + [f"student_{s}" for s in cfg.students]} <= deps["eval"]
+
+
+def test_a_step_waits_for_the_steps_it_needs_not_for_what_its_config_mentions(tmp_path):
+    world = world_step(tmp_path, "world", 8)
+    named = world_step(tmp_path, "named", 8)
+    named.cfg.out = str(world.out / "web")  # its config names world's folder, yet it needs nothing
+    student = Step("student", "train", None, tmp_path / "student", needs=(world.out,))
+    audit = Step("audit_world", "audit", None, world.out, needs=(world.out,))  # writes into world's folder
+    late = Step("late", "train", None, tmp_path / "late", needs=(world.out, student.out))
+    assert dependencies([world, named, student, audit, late]) == [set(), set(), {0}, {0}, {0, 2, 3}]
 
 
 def test_jobs_and_threads_share_the_cores():

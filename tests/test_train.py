@@ -223,7 +223,7 @@ def test_captioner_trains_resumes_and_final_is_a_save_pretrained_folder(shards, 
     from transformers import AutoTokenizer, BlipForConditionalGeneration
 
     from mmw2s.train import loss_history, run
-    from mmw2s.models.captioners.blip_ved import Captioner
+    from mmw2s.models.captioners.blip_ved import BlipVedCaptioner
 
     cfg = train_cfg(shards, tmp_path / "cap", "task=captioner", "steps=12", "checkpoint_every=6")
     run(cfg)
@@ -245,7 +245,7 @@ def test_captioner_trains_resumes_and_final_is_a_save_pretrained_folder(shards, 
     loaded = trained.load_state_dict(safetensors.torch.load_file(state), strict=False)
     # accelerate's safetensors leave out the LM head tied to the word embeddings
     assert not loaded.unexpected_keys and all("predictions.decoder" in k for k in loaded.missing_keys)
-    captioner, reference = Captioner.load(final), Captioner(trained, *_parts(final))
+    captioner, reference = BlipVedCaptioner.load(final), BlipVedCaptioner(trained, *_parts(final))
     images = [s["image"] for s in itertools.islice(_world_images(shards), 2)]
     pixels = captioner.preprocess(images)
     with torch.no_grad():
@@ -368,7 +368,7 @@ def cli_env(**extra: str) -> dict:
 
 def overrides(cfg: TrainConfig) -> list[str]:
     """The test config as command-line overrides (JSON values: `"no"` stays a string)."""
-    from mmw2s.config import describe
+    from mmw2s.schema import describe
 
     return [f"{key}={json.dumps(_get(cfg, key))}" for key, *_ in describe(TrainConfig)
             if _get(cfg, key) is not None]

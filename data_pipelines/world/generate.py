@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mmw2s.data_pipelines.shards import ShardWriter, is_complete, stats_path
+from mmw2s.data_pipelines.shard_state import is_complete, stats_path
+from mmw2s.data_pipelines.writer import ShardWriter
 from mmw2s.data_pipelines.world.noise import choose_noise_types, web_caption
 from mmw2s.data_pipelines.world.render import encode_jpeg, render_scene
 from mmw2s.data_pipelines.world.scene import Scene, gold_caption, sample_scene

@@ -11,6 +11,8 @@ model can edit a plan instead of a string; the gold caption is the plan of the f
 
 from __future__ import annotations
 
+import itertools
+
 from typing import Any
 
 import numpy as np
@@ -169,3 +171,12 @@ def gold_caption(scene: Scene) -> str:
     """The canonical caption of a scene; deterministic given the scene."""
     return render_plan(gold_plan(scene))
 
+
+def paraphrases(scene: dict) -> list[str]:
+    """Every distinct gold caption of the scene's objects in any order (the world's grammar)."""
+    captions: list[str] = []
+    for order in itertools.permutations(scene["objects"]):
+        caption = gold_caption({"objects": list(order)})
+        if caption not in captions:
+            captions.append(caption)
+    return captions

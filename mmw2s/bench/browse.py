@@ -100,4 +100,4 @@ def bench_browse(cfg: BenchConfig, world: Path) -> dict:
                cpu_ratio=round(best["ours"][1] / best["theirs"][1], 3),
                thumb=cfg.browse.thumb, index_samples=cfg.browse.index_samples,
                timed="best whole pass; ours from an empty site folder (every thumbnail extracted)",
-               theirs_is="data_pipelines.shards.iter_samples over the same shards, images decoded")
+               theirs_is="data_pipelines.loader.iter_samples over the same shards, images decoded")

@@ -2,7 +2,7 @@
 
 Both sides read the same web shards through a `torch.utils.data.DataLoader` with the same number
 of workers (whole shards per worker), decode every image to PIL RGB and the caption and JSON, and
-are counted in samples/s. Ours is `data_pipelines.shards.RecordLoader` (checked members, skip
+are counted in samples/s. Ours is `data_pipelines.loader.RecordLoader` (checked members, skip
 and damage accounting, raw image bytes kept for byte-exact rewriting, records sent from the
 workers in chunks); theirs is what a webdataset
 user writes (`.decode("pilrgb")`). The peer imports webdataset directly, on purpose: it is the

@@ -1,50 +1,41 @@
 """The models of a bootstrap run, as the plain callables the stages take.
 
-`CapFilt` wraps a `models.Captioner` and a filter (`models.DualEncoder` for the CLIP score,
-`models.BlipItmFilter` for ITM / ITC) and offers:
+`CapFilt` wraps a `models.Captioner` and a `models.CaptionFilter` (the CLIP score of a
+`DualEncoder`, BLIP ITM / ITC of a `BlipItmFilter`: this module never asks which) and offers:
 
-- `preprocessor`: PIL images -> CPU tensors for both models; it runs in data-loader workers, so it
-  holds only processors (the captioner's `input_builder()`: pixels for BLIP / VED, prompt ids +
+- `preprocessor`: PIL images -> CPU tensors for the models; it runs in data-loader workers, so it
+  holds only the models' `input_builder()`s (pixels for BLIP / VED and the filter, prompt ids +
   pixels for a prompted VLM), never a model, and never touches the GPU;
 - `caption(inputs, seed)`: N synthetic captions per image, seeded per batch (N = 0: no captioner
   at all, the web captions are only filtered, the "filtered" baseline);
 - `score(inputs, texts)`: a score per (image, candidate caption), each image encoded ONCE for its
-  web caption and all its synthetic captions (the models API's `score_candidates` repeats the
-  image per candidate, which multiplies the vision tower's cost by N + 1). The rows also say which
-  captions the filter truncated to its own text length (`ScoredRows.truncated`): long VLM captions
-  are scored on their first tokens only, and the stats count how often.
+  web caption and all its synthetic captions (`models.filters.score_candidates`). The rows also
+  say which captions the filter truncated to its own text length (`ScoredRows.truncated`): long
+  VLM captions are scored on their first tokens only, and the stats count how often.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
 from mmw2s.data_pipelines import shard_name
 
-from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.config import BootstrapConfig, checkpoint_names
 from mmw2s.errors import StageError
 
-
-class ScoredRows(list):
-    """Scores per image (a list of lists, as `ScoreFn` returns), plus `truncated`: per image, for
-    each candidate, whether the filter saw it cut to its text length."""
-
-    def __init__(self, rows: list[list[float]], truncated: list[list[bool]]):
-        super().__init__(rows)
-        self.truncated = truncated
+if TYPE_CHECKING:  # the models package loads torch, transformers and open_clip: on first use only
+    from mmw2s.models.filters import ScoredRows
 
 
 class Preprocessor:
     """Images -> `{"captioner": {name: tensor}, "filter": (B,3,H',W')}` CPU tensors."""
 
-    def __init__(self, captioner_inputs: Any = None, filter_processor: Any = None, filter_transform: Any = None,
-                 safety_processor: Any = None):
+    def __init__(self, captioner_inputs: Any, filter_inputs: Any, safety_processor: Any = None):
         self.captioner_inputs = captioner_inputs  # the captioner's input_builder(); None: filter only
-        self.filter_processor = filter_processor  # an HF image processor (BLIP ITM), or
-        self.filter_transform = filter_transform  # a per-image torchvision transform (open_clip)
+        self.filter_inputs = filter_inputs  # the filter's input_builder()
         self.safety_processor = safety_processor  # the safety classifier's HF image processor, if any
 
     def __call__(self, images: list) -> dict:
@@ -52,10 +43,7 @@ class Preprocessor:
         out = {}
         if self.captioner_inputs is not None:
             out["captioner"] = self.captioner_inputs(rgb)
-        if self.filter_transform is not None:
-            out["filter"] = torch.stack([self.filter_transform(im) for im in rgb])  # (B, 3, H, W)
-        else:
-            out["filter"] = self.filter_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        out["filter"] = self.filter_inputs(rgb)  # (B, 3, H, W)
         if self.safety_processor is not None:
             out["safety"] = self.safety_processor(images=rgb, return_tensors="pt")["pixel_values"]
         return out
@@ -64,16 +52,15 @@ class Preprocessor:
 class CapFilt:
     """Captioner + filter on one device, with bf16 autocast on CUDA when asked."""
 
-    def __init__(self, captioner: Any | None, filt: Any, kind: str, decoding: Any, device: torch.device,
-                 bf16: bool = True, names: tuple[str | None, str] = ("", ""), safety: Any = None,
+    def __init__(self, captioner: Any | None, filt: Any, decoding: Any, device: torch.device,
+                 bf16: bool = True, captioner_name: str | None = "", safety: Any = None,
                  safety_settings: dict | None = None):
-        self.captioner, self.filter, self.kind, self.decoding = captioner, filt, kind, decoding
+        self.captioner, self.filter, self.decoding = captioner, filt, decoding  # filt: a models.CaptionFilter
         self.safety, self.safety_settings = safety, safety_settings or {}  # models.SafetyClassifier, or None
         self.device = torch.device(device)
         self.bf16 = bf16 and self.device.type == "cuda"
-        self.captioner_name, self.filter_name = names
+        self.captioner_name = captioner_name
         self.rewriter = None  # LaCLIP-style rewrites of the web captions (`from_config` sets it)
-        self.mode = filt.mode if kind == "blip" else "clip"
         for wrapper in (captioner, filt, safety):
             model = getattr(wrapper, "model", None)  # an endpoint captioner holds no model here
             # a model spread over devices by from_pretrained(device_map=...) stays where it was put
@@ -83,22 +70,16 @@ class CapFilt:
                 model.eval()
         inputs = captioner.input_builder() if captioner is not None else None
         safety_processor = safety.image_processor if safety is not None else None
-        if kind == "clip":
-            self.preprocessor = Preprocessor(inputs, filter_transform=filt.preprocess_val,
-                                             safety_processor=safety_processor)
-        else:
-            self.preprocessor = Preprocessor(inputs, filter_processor=filt.image_processor,
-                                             safety_processor=safety_processor)
+        self.preprocessor = Preprocessor(inputs, filt.input_builder(), safety_processor)
 
     @classmethod
     def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
         """Load the captioner and filter a config names (hub ids, local folders, saved models)."""
         from mmw2s.models import build_captioner, build_filter, list_captioners
-        from mmw2s.models.captioners.prompted_vlm import CaptionerLoadError
+        from mmw2s.models.captioners.protocol import CaptionerLoadError
 
         generate = cfg.decoding.num_captions > 0
-        for what, name in (("captioner.name", cfg.captioner.name if generate else None),
-                           ("filter.itm.name", cfg.filter.itm.name if cfg.filter.kind == "blip" else None)):
+        for what, name in checkpoint_names(cfg):
             if name in list_captioners():
                 raise StageError(f"{what}={name!r} names an untrained from-scratch config; bootstrap needs "
                                  "trained weights: a hub id or a folder saved by `mmw2s train`")
@@ -113,12 +94,7 @@ class CapFilt:
             rewriter = build_rewriter(cfg, captioner, device)
         except (ValueError, RuntimeError) as exn:  # a bad prompt file, a server that never came up
             raise StageError(f"rewrite: {exn}") from None
-        spec = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
-        filt = build_filter(spec)
-        if cfg.filter.kind == "clip":
-            filter_name = spec.arch + (f":{spec.pretrained}" if spec.pretrained else "")
-        else:
-            filter_name = spec.name
+        filt = build_filter(cfg.filter.spec())
         safety, spec = None, cfg.curation.safety
         if spec.name is not None:
             from mmw2s.models.safety import SafetyClassifier
@@ -127,8 +103,8 @@ class CapFilt:
                 safety = SafetyClassifier.load(spec.name, spec.unsafe_labels, spec.revision)
             except (OSError, ValueError) as exn:
                 raise StageError(f"curation.safety.name={spec.name}: {exn}") from None
-        models = cls(captioner, filt, cfg.filter.kind, cfg.decoding, device, cfg.precision == "bf16",
-                     names=(cfg.captioner.name if generate else None, filter_name), safety=safety,
+        models = cls(captioner, filt, cfg.decoding, device, cfg.precision == "bf16",
+                     captioner_name=cfg.captioner.name if generate else None, safety=safety,
                      safety_settings={"threshold": spec.threshold, "action": spec.action})
         models.rewriter = rewriter
         return models
@@ -138,7 +114,7 @@ class CapFilt:
         captioner = {"name": self.captioner_name, "decoding": asdict(self.decoding)}
         if hasattr(self.captioner, "provenance"):  # prompted VLMs: prompt, chat template, revision
             captioner.update(self.captioner.provenance())
-        block = {"captioner": captioner, "filter": {"name": self.filter_name, "mode": self.mode}, "seed": cfg.seed}
+        block = {"captioner": captioner, "filter": {"name": self.filter.name, "mode": self.filter.mode}, "seed": cfg.seed}
         if self.safety is not None:
             block["safety"] = {**self.safety.provenance(), **self.safety_settings}
         if self.rewriter is not None:
@@ -195,48 +171,11 @@ class CapFilt:
     @torch.inference_mode()
     def score(self, inputs: dict, texts: list[list[str]]) -> ScoredRows:
         """The filter score of every candidate caption of every image, in the given order."""
+        from mmw2s.models.filters import score_candidates
+
         pixels = inputs["filter"].to(self.device, non_blocking=True)  # (B, 3, H, W)
-        counts = torch.tensor([len(t) for t in texts], device=self.device)
-        owner = torch.repeat_interleave(torch.arange(len(texts), device=self.device), counts)  # (T,)
-        flat = [t for row in texts for t in row]
         with self._autocast():
-            if self.kind == "clip":
-                tokens = self.filter.tokenize(flat)  # (T, context_length)
-                scores = self._clip(pixels, tokens, owner)
-                cut = (tokens[:, -1] != _pad_id(self.filter.tokenizer)).tolist()  # filled the context: cut
-            else:
-                if self.mode == "itc":
-                    scores = self.filter.itc_similarity(pixels, flat)[owner, torch.arange(len(flat))]  # (T,)
-                else:
-                    scores = self._itm(pixels, flat, owner)
-                cut = [len(ids) > self.filter.max_length for ids in self.filter.tokenizer(flat)["input_ids"]]
-        values = scores.float().cpu().tolist()
-        out, truncated, start = [], [], 0
-        for n in counts.tolist():
-            out.append(values[start:start + n])
-            truncated.append(cut[start:start + n])
-            start += n
-        return ScoredRows(out, truncated)
-
-    def _clip(self, pixels: torch.Tensor, tokens: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        """CLIP score: cosine of each text with its image, the image encoded once."""
-        image = self.filter.encode_image(pixels)  # (B, D), normalized
-        text = self.filter.encode_text(tokens)  # (T, D), normalized
-        return (image[owner] * text).sum(dim=-1)  # (T,)
-
-    def _itm(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> torch.Tensor:
-        """ITM match probability, the ViT run once per image.
-
-        The same computation as `BlipForImageTextRetrieval.forward(use_itm_head=True)`, with the
-        vision states repeated per candidate instead of the pixels.
-        """
-        model = self.filter.model
-        states = model.vision_model(pixel_values=pixels).last_hidden_state[owner]  # (T, N, D)
-        atts = torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)  # (T, N)
-        tokens = self.filter.tokenize(texts)  # input_ids, attention_mask: (T, L)
-        hidden = model.text_encoder(**tokens, encoder_hidden_states=states,
-                                    encoder_attention_mask=atts).last_hidden_state  # (T, L, D)
-        return model.itm_head(hidden[:, 0, :]).float().softmax(dim=-1)[:, 1]  # (T,)
+            return score_candidates(self.filter, pixels, texts)
 
 
 @contextlib.contextmanager
@@ -283,9 +222,3 @@ def build_rewriter(cfg: BootstrapConfig, captioner: Any, device: Any) -> Any:
                                   Path(cfg.out) / "logs", str(device))
     return EndpointRewriter(session, load_rewrite_prompt(rw.prompt_file), rw.exemplars, rw.num_rewrites,
                             rw.temperature, rw.top_p, rw.max_new_tokens)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    """open_clip's padding id: 0 for its own BPE tokenizer, the HF tokenizer's for `hf-hub:` towers."""
-    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
-    return pad if isinstance(pad, int) else 0

@@ -53,6 +53,13 @@ class FilterConfig:
         default_factory=DualEncoderSpec, metadata={"help": "the open_clip model when kind=clip"})
     itm: ItmSpec = field(default_factory=ItmSpec, metadata={"help": "the BLIP ITM model when kind=blip"})
 
+    # `kind` only picks which of the two spec sections is read, here and in `score_range`: the config
+    # must say so before any model loads (fingerprint, threshold ranges). Past `spec()` the bootstrap
+    # sees one `models.CaptionFilter` and never asks its kind.
+    def spec(self) -> DualEncoderSpec | ItmSpec:
+        """The spec section `kind` selects (the other one is ignored)."""
+        return self.dual_encoder if self.kind == "clip" else self.itm
+
     def validate(self) -> None:
         """Raise ValueError for an unknown ITM scoring mode."""
         if self.kind == "blip" and self.itm.mode not in ("itm", "itc"):
@@ -240,8 +247,16 @@ class BootstrapConfig:
 
 def score_range(filter_cfg: FilterConfig) -> tuple[float, float]:
     """The scores the filter gives: BLIP ITM's match probability is in [0, 1], a cosine (CLIP, ITC)
-    in [-1, 1]."""
+    in [-1, 1]. Read from the config, not the filter: thresholds are checked before any model loads."""
     return (0.0, 1.0) if filter_cfg.kind == "blip" and filter_cfg.itm.mode == "itm" else (-1.0, 1.0)
+
+
+def checkpoint_names(cfg: BootstrapConfig) -> list[tuple[str, str | None]]:
+    """`(setting, value)` of each model the bootstrap loads by name that must hold trained weights:
+    the captioner when it captions, a BLIP filter (None when not used). An open_clip filter's
+    `arch` names an architecture, which a random-weight filter may use."""
+    return [("captioner.name", cfg.captioner.name if cfg.decoding.num_captions > 0 else None),
+            ("filter.itm.name", cfg.filter.itm.name if cfg.filter.kind == "blip" else None)]
 
 
 def validate_captioner(spec: CaptionerSpec) -> None:

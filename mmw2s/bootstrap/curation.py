@@ -6,9 +6,9 @@ contamination) and a safety classifier, as one generator stage over the batch st
 For each `Batch`, a sample that the index names a duplicate or contaminated, or that the safety
 classifier scores unsafe, is either dropped (a `Skip` under its reason, so the shard's stats
 count it in `skipped_by_reason`, and the batch is cut to the rest before any captioning is paid
-for) or flagged (kept, its reason in the `mmw2s.curation` block). Every sample of a curated run
-carries `__curation__` (reason, what it duplicates, its safety score, its hashes), which
-`decide_stage` copies into the block and the parquet metadata reads.
+for) or flagged (kept, its reason in the `mmw2s.curation` block). Every batch of a curated run
+carries each sample's verdict in `Batch.curation` (reason, what it duplicates, its safety score,
+its hashes), which `decide_stage` copies into the block and the parquet metadata reads.
 
 The index is read one shard at a time (`mmw2s.curate.index.shard_rows`: the shard's own row group),
 and a sample it does not list is skipped as `not_in_curation_index`: an index made over other
@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from mmw2s.data_pipelines import Skip, shard_name
 
 from mmw2s.bootstrap.curation_config import CurationConfig
-from mmw2s.bootstrap.pipeline import Batch
+from mmw2s.bootstrap.pipeline import Batch, BatchEvent
 from mmw2s.curate.index import indexed_shards, is_curation_reason, shard_rows
 from mmw2s.errors import StageError
 
@@ -104,7 +104,7 @@ def _detail(verdict: dict) -> str:
     return verdict.get("of") or verdict.get("of_example") or verdict.get("detail") or ""
 
 
-def curation_stage(items: Iterable[Any], cfg: CurationConfig, safety: Any = None) -> Iterator[Any]:
+def curation_stage(items: Iterable[BatchEvent], cfg: CurationConfig, safety: Any = None) -> Iterator[BatchEvent]:
     """Drop or flag each batch's curated samples (see the module doc); other records pass through.
 
     `safety` is a `models.SafetyClassifier` whose pixels the preprocessor put in `inputs["safety"]`,
@@ -132,13 +132,14 @@ def curation_stage(items: Iterable[Any], cfg: CurationConfig, safety: Any = None
                 yield CuratedSkip(item.url, sample["__key__"], reason, _detail(verdict),
                                   meta=sample.get("json") or {}, curation=verdict)
                 continue
-            sample["__curation__"] = verdict
             keep.append(i)
         if keep:
-            yield item if len(keep) == len(item) else subset(item, keep)
+            kept = item if len(keep) == len(item) else subset(item, keep)
+            kept.curation = [verdicts[i] for i in keep]
+            yield kept
 
 
-def curated(items: Iterable[Any], cfg: Any, models: Any) -> Iterable[Any]:
+def curated(items: Iterable[BatchEvent], cfg: Any, models: Any) -> Iterable[BatchEvent]:
     """`curation_stage` when the bootstrap config `cfg` asks for curation, else `items` unchanged."""
     if not cfg.curation.active:
         return items

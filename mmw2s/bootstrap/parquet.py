@@ -28,6 +28,8 @@ from typing import Any
 from mmw2s.data_pipelines.image_hash import sha256_hex
 from mmw2s.data_pipelines import Skip, clip_text, shard_name
 
+from mmw2s.bootstrap.pipeline import OutputSample
+
 PARTIAL = ".partial"
 
 
@@ -69,26 +71,25 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def sample_row(sample: dict) -> dict:
+def sample_row(sample: OutputSample) -> dict:
     """The row of a decided output sample (written, flagged or dropped), from its JSON record."""
-    meta = sample["json"]
+    meta = sample.json
     block = meta["mmw2s"]
     curation = block.get("curation") or {}
     safety = curation.get("safety") or {}
-    image = next(v for k, v in sample.items() if k in ("jpg", "jpeg", "png", "webp"))
     return {
-        "shard": shard_name(sample["__url__"]), "key": sample["__key__"], "url": _text(meta.get("url")),
+        "shard": shard_name(sample.url), "key": sample.key, "url": _text(meta.get("url")),
         "width": _int(meta.get("width")), "height": _int(meta.get("height")),
         "web_caption": block["web_caption"], "web_score": block["web_score"], "web_kept": block["web_kept"],
         "synthetic": [{"caption": s["caption"], "score": s["score"], "kept": s["kept"], "invalid": s.get("invalid")}
                       for s in block["synthetic"]],
         "chosen": block["chosen"], "chosen_source": block["chosen_source"], "chosen_score": block["chosen_score"],
-        "decision": "dropped" if sample["__drop__"] else "written",
+        "decision": "dropped" if sample.drop else "written",
         "reason": "nothing_kept" if block["nothing_kept"] else None, "detail": None,
         "curation_reason": curation.get("reason"), "duplicate_of": curation.get("of"),
         "of_example": curation.get("of_example"), "safety_score": safety.get("score"),
         "safety_unsafe": safety.get("unsafe"),
-        "sha256": sha256_hex(image), "phash": curation.get("phash"),
+        "sha256": sha256_hex(sample.image_bytes), "phash": curation.get("phash"),
     }
 
 
@@ -113,9 +114,9 @@ class ShardMetadata:
         self.folder = Path(folder)
         self.rows: dict[str, list[dict]] = {}
 
-    def add(self, sample: dict) -> None:
+    def add(self, sample: OutputSample) -> None:
         """Record a decided sample (written or not)."""
-        self.rows.setdefault(sample["__url__"], []).append(sample_row(sample))
+        self.rows.setdefault(sample.url, []).append(sample_row(sample))
 
     def skip(self, record: Skip) -> None:
         """Record a skipped sample."""

@@ -1,11 +1,12 @@
 """CapFilt as generator stages over a stream of shard events (webdataset's style).
 
-The stream holds `Batch` objects, plus the `Skip` and `ShardEnd` records of shard I/O, which every
-stage passes through unchanged so that the writer can count each shard exactly:
+The stream holds `Batch` objects (`BatchEvent`), then `OutputSample`s (`DecidedEvent`), plus the
+`Skip` and `ShardEnd` records of shard I/O, which every stage passes through unchanged so that the
+writer can count each shard exactly:
 
     events -> batch_stage (in data-loader workers: PIL -> tensors, batches within one shard)
            -> caption_stage (captioner)  -> score_stage (filter)  -> decide_stage (thresholds)
-           -> output samples, written per shard by `mmw2s.bootstrap.writer`
+           -> `OutputSample`s, written per shard by `mmw2s.bootstrap.writer`
 
 Each stage takes plain callables, so its logic is testable on `iter([...])` with fakes.
 
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from mmw2s.data_pipelines import ShardEnd, Skip, shard_name
+from mmw2s.data_pipelines import Event, ShardEnd, Skip, shard_name
 from mmw2s.models.captioners.protocol import MARKUP, EncodedImage
 
 from mmw2s.bootstrap.thresholds import Thresholds
@@ -38,8 +39,9 @@ class Batch:
     """Consecutive good samples of ONE input shard, with what the stages add to them."""
 
     url: str
-    samples: list[dict]  # shard I/O sample dicts, without the decoded PIL image
+    samples: list[dict]  # shard I/O's `DecodedSample`s, without the decoded PIL image
     inputs: dict = field(default_factory=dict)  # preprocessed tensors, e.g. {"captioner": (B,C,H,W)}
+    curation: list[dict] | None = None  # per sample: its `curation.py` verdict (curated runs only)
     synthetic: list[list[str]] | None = None  # per sample: N synthetic captions
     web_scores: list[float] | None = None
     synthetic_scores: list[list[float]] | None = None
@@ -58,6 +60,29 @@ class Batch:
         return len(self.samples)
 
 
+@dataclass
+class OutputSample:
+    """One decided sample: what `writer.ShardOutputs` counts, records in the parquet and, unless
+    `drop`, writes (as `members()`)."""
+
+    key: str
+    url: str  # its input shard
+    drop: bool  # nothing kept and `nothing_kept == "drop"`: counted and recorded, never written
+    image_ext: str
+    image_bytes: bytes
+    json: dict  # the input's JSON plus the `mmw2s` block
+    txt: str  # the chosen caption, or the web caption of a flagged sample
+
+    def members(self) -> dict:
+        """The webdataset sample `ShardWriter` writes: `__key__` and the members by extension."""
+        return {"__key__": self.key, self.image_ext: self.image_bytes, "json": self.json, "txt": self.txt}
+
+
+# What the stages pass on: before the decisions, and after them.
+BatchEvent = Batch | Skip | ShardEnd
+DecidedEvent = OutputSample | Skip | ShardEnd
+
+
 def _pinned(value: Any) -> Any:
     """A tensor, or a dict of them (a prompted VLM's processor output), in page-locked memory."""
     if isinstance(value, dict):
@@ -69,7 +94,7 @@ def _pinned(value: Any) -> Any:
 # In the data-loader workers
 
 
-def batch_stage(events: Iterable[Any], batch_size: int, preprocess: Preprocess) -> Iterator[Any]:
+def batch_stage(events: Iterable[Event], batch_size: int, preprocess: Preprocess) -> Iterator[BatchEvent]:
     """Group good samples into `Batch`es of one shard each and preprocess their images.
 
     A shard's last batch is flushed when its `ShardEnd` arrives, before the `ShardEnd` itself.
@@ -94,7 +119,7 @@ def batch_stage(events: Iterable[Any], batch_size: int, preprocess: Preprocess) 
         yield from _flush(pending, preprocess)
 
 
-def _flush(samples: list[dict], preprocess: Preprocess) -> Iterator[Any]:
+def _flush(samples: list[dict], preprocess: Preprocess) -> Iterator[Batch | Skip]:
     """Preprocess a batch; on failure retry one by one so that one bad image costs one sample."""
     try:
         inputs = preprocess([s["image"] for s in samples])
@@ -178,7 +203,7 @@ def caption_batch(caption: CaptionFn, batch: Batch, seed: int) -> list[list[str]
     return [list(caps) for caps in caption(batch.inputs, batch_seed(seed, batch))]
 
 
-def caption_stage(items: Iterable[Any], caption: CaptionFn, seed: int) -> Iterator[Any]:
+def caption_stage(items: Iterable[BatchEvent], caption: CaptionFn, seed: int) -> Iterator[BatchEvent]:
     """Add `batch.synthetic`: the captioner's captions for every image, seeded per batch."""
     for item in items:
         if isinstance(item, Batch):
@@ -188,7 +213,7 @@ def caption_stage(items: Iterable[Any], caption: CaptionFn, seed: int) -> Iterat
         yield item
 
 
-def score_stage(items: Iterable[Any], score: ScoreFn) -> Iterator[Any]:
+def score_stage(items: Iterable[BatchEvent], score: ScoreFn) -> Iterator[BatchEvent]:
     """Add filter scores of the web caption and of every synthetic caption of each image."""
     for item in items:
         if isinstance(item, Batch):
@@ -198,7 +223,7 @@ def score_stage(items: Iterable[Any], score: ScoreFn) -> Iterator[Any]:
                 raise RuntimeError("the filter returned a score table of the wrong shape")
             item.web_scores = [float(r[0]) for r in rows]
             item.synthetic_scores = [[float(x) for x in r[1:]] for r in rows]
-            item.truncated = getattr(rows, "truncated", None)  # `capfilt.ScoredRows` says, a fake need not
+            item.truncated = getattr(rows, "truncated", None)  # `models.filters.ScoredRows` says, a fake need not
         yield item
 
 
@@ -285,13 +310,13 @@ def decide(web_caption: str, web_score: float, synthetic: Sequence[str], synthet
     }
 
 
-def decide_stage(items: Iterable[Any], thresholds: Thresholds, selection: Selection,
-                 provenance: dict) -> Iterator[Any]:
-    """Turn each `Batch` into output samples, one per input sample, in order.
+def decide_stage(items: Iterable[BatchEvent], thresholds: Thresholds, selection: Selection,
+                 provenance: dict) -> Iterator[DecidedEvent]:
+    """Turn each `Batch` into `OutputSample`s, one per input sample, in order.
 
-    An output sample has `__key__`, `__url__` (its input shard), `__drop__` (nothing kept and
-    `nothing_kept == "drop"`), the image bytes under their original extension, `txt` and `json` =
-    the input fields plus the `mmw2s` block. `txt` is the chosen caption; a flagged sample (nothing
+    An output sample keeps the input's key, shard and image bytes (under their original
+    extension); its `json` is the input fields plus the `mmw2s` block, and `drop` says that nothing
+    was kept and `nothing_kept == "drop"`. `txt` is the chosen caption; a flagged sample (nothing
     kept, `nothing_kept == "flag"`) keeps its web caption there, so that every written sample has
     a `.txt` (`wds.WebDataset(url).to_tuple("jpg", "txt")` reads every shard), and its JSON says
     `nothing_kept: true`, `chosen: null`. `provenance` holds the block's fixed fields (captioner,
@@ -307,13 +332,12 @@ def decide_stage(items: Iterable[Any], thresholds: Thresholds, selection: Select
                            item.synthetic_scores[i], thresholds, selection, prompt=prompt,
                            truncated=item.truncated[i] if item.truncated else None)
             block.update(provenance, threshold=thresholds.record())
-            if "__curation__" in sample:  # `curation.py`: reason, duplicate of, safety score, hashes
-                block["curation"] = sample["__curation__"]
-            if "__original_key__" in sample:  # the input's key was not a safe member name
-                block["original_key"] = sample["__original_key__"]
-            out = {"__key__": sample["__key__"], "__url__": item.url,
-                   "__drop__": block["nothing_kept"] and selection.nothing_kept == "drop",
-                   sample["image_ext"]: sample["image_bytes"],
-                   "json": {**sample["json"], "mmw2s": block}}
-            out["txt"] = block["chosen"] if block["chosen"] is not None else sample["caption"]
-            yield out
+            if item.curation:  # `curation.py`: reason, duplicate of, safety score, hashes
+                block["curation"] = item.curation[i]
+            if "original_key" in sample:  # the input's key was not a safe member name
+                block["original_key"] = sample["original_key"]
+            yield OutputSample(key=sample["__key__"], url=item.url,
+                               drop=block["nothing_kept"] and selection.nothing_kept == "drop",
+                               image_ext=sample["image_ext"], image_bytes=sample["image_bytes"],
+                               json={**sample["json"], "mmw2s": block},
+                               txt=block["chosen"] if block["chosen"] is not None else sample["caption"])

@@ -11,7 +11,7 @@
 call the one per-shard function of `shard.py`, with the thresholds and fingerprint fixed here
 first, so their outputs are the same bytes. A rerun skips complete shards and redoes partial
 ones; the per-batch sampling seed makes the redone shards come out as they would have (see
-`stages.py`).
+`pipeline.py`).
 """
 from __future__ import annotations
 
@@ -104,9 +104,8 @@ def settings_fingerprint(cfg: BootstrapConfig) -> str:
 
 
 def _fingerprint(cfg: BootstrapConfig, thresholds: dict) -> str:
-    used = cfg.filter.dual_encoder if cfg.filter.kind == "clip" else cfg.filter.itm
     keys = {"captioner": captioner_key(cfg.captioner), "decoding": asdict(cfg.decoding),
-            "filter": {"kind": cfg.filter.kind, **asdict(used)},
+            "filter": {"kind": cfg.filter.kind, **asdict(cfg.filter.spec())},
             "thresholds": thresholds, "selection": asdict(cfg.selection), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels,
             "captions": [cfg.max_caption_chars, cfg.long_captions], **fingerprint_keys(cfg), **rewrite_key(cfg)}

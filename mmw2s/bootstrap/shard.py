@@ -1,7 +1,7 @@
 """Bootstrapping input shards: the one function every engine calls.
 
 `bootstrap_shards(urls, job, models)` turns each input shard into its output shard (caption ->
-score -> decide -> write, `stages.py` and `writer.py`) and yields each shard's stats as the shard
+score -> decide -> write, `pipeline.py` and `writer.py`) and yields each shard's stats as the shard
 closes; `bootstrap_shard(url, job, models)` is the same for one shard. An engine only decides who
 calls it on which shards (img2dataset's distributors share one downloader the same way):
 
@@ -28,15 +28,16 @@ from typing import Any, Callable, Iterable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from mmw2s.data_pipelines import (CurrentShard, OtherSettings, ReadLimits, ShardEnd, complete_with, event_loader,
+from mmw2s.data_pipelines import (CurrentShard, OtherSettings, ReadLimits, complete_with, event_loader,
                                    pass_through, shard_events, stats_path)
 
 from mmw2s.bootstrap.config import BootstrapConfig
 from mmw2s.bootstrap.curation import curated
 from mmw2s.bootstrap.parquet import has_metadata
-from mmw2s.bootstrap.pipeline import Selection, batch_stage, caption_stage, decide_stage, score_stage
+from mmw2s.bootstrap.pipeline import (BatchEvent, OutputSample, Selection, batch_stage, caption_stage, decide_stage,
+                                      score_stage)
 from mmw2s.bootstrap.thresholds import Thresholds
-from mmw2s.bootstrap.writer import ShardOutputs, output_path, write_stage
+from mmw2s.bootstrap.writer import ShardDone, ShardOutputs, output_path, write_stage
 from mmw2s.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class ShardReader:
         self.loader = DataLoader(feed, batch_size=None, num_workers=1, persistent_workers=True, prefetch_factor=4,
                                  collate_fn=pass_through, pin_memory=pin) if cfg.workers else None
 
-    def read(self, url: str) -> Iterator[Any]:
+    def read(self, url: str) -> Iterator[BatchEvent]:
         """The batch stream of shard `url`."""
         if self.loader is None:
             return iter(loader([url], self.cfg, self.preprocess))
@@ -111,7 +112,7 @@ class _ShardFeed(IterableDataset):
     def __init__(self, urls: Any, limits: ReadLimits, batch_size: int, preprocess: Any) -> None:
         self.urls, self.limits, self.batch_size, self.preprocess = urls, limits, batch_size, preprocess
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[BatchEvent]:
         yield from batch_stage(shard_events(self.urls.get(), self.limits), self.batch_size, self.preprocess)
 
 
@@ -131,7 +132,8 @@ def unreadable_shards(stats: Iterable[dict]) -> list[dict]:
 
 
 def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
-                     on_sample: Callable[[dict], None] | None = None, events: Iterable | None = None) -> Iterator[dict]:
+                     on_sample: Callable[[OutputSample], None] | None = None,
+                     events: Iterable[BatchEvent] | None = None) -> Iterator[dict]:
     """Bootstrap each of `urls` into `job.shards_dir`; yields each shard's stats as it closes.
 
     `models` is a `CapFilt` (or anything with its `preprocessor`, `caption`, `score` and
@@ -150,15 +152,14 @@ def bootstrap_shards(urls: list[str], job: ShardJob, models: Any,
     usage = getattr(models, "shard_usage", None)  # an endpoint captioner's requests per shard
     with ShardOutputs(job.shards_dir, {"fingerprint": job.fingerprint}, usage) as outputs:
         for item in shard.guard(write_stage(stream, outputs)):
-            if isinstance(item, dict) and on_sample is not None:
+            if isinstance(item, OutputSample) and on_sample is not None:
                 on_sample(item)
-            elif isinstance(item, tuple) and isinstance(item[0], ShardEnd):
-                end, stats = item
-                log.debug("shard %s done: %s", end.name, stats)
-                yield stats
+            elif isinstance(item, ShardDone):
+                log.debug("shard %s done: %s", item.end.name, item.stats)
+                yield item.stats
 
 
-def bootstrap_shard(url: str, job: ShardJob, models: Any, events: Iterable | None = None) -> dict:
+def bootstrap_shard(url: str, job: ShardJob, models: Any, events: Iterable[BatchEvent] | None = None) -> dict:
     """Bootstrap one input shard; returns its stats (what `{shard}_stats.json` holds)."""
     stats = list(bootstrap_shards([url], job, models, events=events))
     if len(stats) != 1:  # shard I/O ends every shard with exactly one ShardEnd

@@ -9,13 +9,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from mmw2s.data_pipelines import ShardEnd, ShardWriter, Skip, clip_text, shard_name
 
 from mmw2s.bootstrap.parquet import ShardMetadata
+from mmw2s.bootstrap.pipeline import DecidedEvent, OutputSample
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 LISTED_SKIPS = 100  # skipped samples named (key, reason, detail) in a shard's stats; the rest counted
@@ -55,15 +56,15 @@ class ShardTally:
     synthetic_invalid: Counter = field(default_factory=Counter)  # by reason: empty, special_tokens, prompt
     filter_truncated: int = 0  # captions (web or synthetic) the filter cut to its text length
 
-    def add(self, sample: dict) -> None:
+    def add(self, sample: OutputSample) -> None:
         """Count one decided output sample."""
-        block = sample["json"]["mmw2s"]
+        block = sample.json["mmw2s"]
         self.decoded += 1
         self.web_kept += block["web_kept"]
         self.synthetic += len(block["synthetic"])
         self.synthetic_kept += sum(s["kept"] for s in block["synthetic"])
         self.nothing_kept += block["nothing_kept"]
-        self.dropped += sample["__drop__"]
+        self.dropped += sample.drop
         if block["chosen_source"]:
             self.chosen[block["chosen_source"]] += 1
         if block["web_score"] is not None:
@@ -97,6 +98,20 @@ class ShardTally:
         }
 
 
+class OpenShard(NamedTuple):
+    """An output shard being written, and its counts."""
+
+    writer: ShardWriter
+    tally: ShardTally
+
+
+class ShardDone(NamedTuple):
+    """What `write_stage` passes on for a `ShardEnd`: the end, and the stats of the shard it closed."""
+
+    end: ShardEnd
+    stats: dict
+
+
 class ShardOutputs:
     """Open output shards by input URL; `finish` closes one with its stats.
 
@@ -110,26 +125,26 @@ class ShardOutputs:
         self.folder = Path(folder)
         self.extra = dict(extra_stats or {})
         self.shard_extra = shard_extra  # input URL -> more stats of that shard (an endpoint's requests)
-        self.open: dict[str, tuple[ShardWriter, ShardTally]] = {}
+        self.open: dict[str, OpenShard] = {}
         self.metadata = ShardMetadata(self.folder)  # NAME.parquet beside each shard (`parquet.py`)
 
-    def _get(self, url: str) -> tuple[ShardWriter, ShardTally]:
+    def _get(self, url: str) -> OpenShard:
         if url not in self.open:
-            self.open[url] = (ShardWriter(output_path(self.folder, url)), ShardTally(url))
+            self.open[url] = OpenShard(ShardWriter(output_path(self.folder, url)), ShardTally(url))
         return self.open[url]
 
-    def write(self, sample: dict) -> None:
+    def write(self, sample: OutputSample) -> None:
         """Count a decided sample and write it unless it is dropped."""
-        writer, tally = self._get(sample["__url__"])
+        writer, tally = self._get(sample.url)
         tally.add(sample)
         self.metadata.add(sample)
-        if not sample["__drop__"]:
-            writer.write(sample)
+        if not sample.drop:
+            writer.write(sample.members())
             tally.written += 1
 
     def skip(self, record: Skip) -> None:
         """Count a sample that shard I/O or preprocessing skipped."""
-        tally = self._get(record.url)[1]
+        tally = self._get(record.url).tally
         self.metadata.skip(record)
         tally.skipped[record.reason] += 1
         if len(tally.skipped_samples) < LISTED_SKIPS:
@@ -156,8 +171,8 @@ class ShardOutputs:
 
     def abort(self) -> None:
         """Drop every open (incomplete) output shard."""
-        for writer, _ in self.open.values():
-            writer.abort()
+        for shard in self.open.values():
+            shard.writer.abort()
         self.open.clear()
 
     def __enter__(self) -> "ShardOutputs":
@@ -167,17 +182,17 @@ class ShardOutputs:
         self.abort()
 
 
-def write_stage(items: Iterable[Any], outputs: ShardOutputs) -> Iterator[Any]:
+def write_stage(items: Iterable[DecidedEvent], outputs: ShardOutputs) -> Iterator[OutputSample | Skip | ShardDone]:
     """Write decided samples, count skips, close shards at their `ShardEnd`; pass everything on.
 
-    A `ShardEnd` is passed on as `(end, stats)` so that the caller can report progress per shard.
+    A `ShardEnd` is passed on as a `ShardDone` so that the caller can report progress per shard.
     """
     for item in items:
         if isinstance(item, ShardEnd):
-            yield item, outputs.finish(item)
+            yield ShardDone(item, outputs.finish(item))
             continue
         if isinstance(item, Skip):
             outputs.skip(item)
-        elif isinstance(item, dict):
+        else:
             outputs.write(item)
         yield item

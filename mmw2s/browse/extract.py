@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from mmw2s.data_pipelines import DEFAULT_MAX_PIXELS, ReadLimits, ShardEnd, Skip, shard_events, shard_name
+from mmw2s.data_pipelines import DEFAULT_MAX_PIXELS, DecodedSample, ReadLimits, ShardEnd, Skip, shard_events, shard_name
 
 CACHE_VERSION = 3
 DECISIONS = ("kept", "dropped", "nothing")  # web caption kept / replaced by a synthetic one / no caption kept
@@ -54,7 +54,7 @@ def decision(web_kept: bool, nothing_kept: bool) -> str:
     return "kept" if web_kept else "dropped"
 
 
-def card(sample: dict) -> dict | None:
+def card(sample: DecodedSample) -> dict | None:
     """The card of one bootstrapped sample (JSON-able), or None when it has no usable `mmw2s` block."""
     meta = sample["json"]
     block = meta.get("mmw2s")
@@ -84,7 +84,7 @@ def card(sample: dict) -> dict | None:
     }
 
 
-def provenance(sample: dict) -> dict:
+def provenance(sample: DecodedSample) -> dict:
     """The fixed fields of a sample's `mmw2s` block: captioner, filter, thresholds, seed."""
     block = sample["json"].get("mmw2s") or {}
     return {k: block.get(k) for k in ("captioner", "filter", "threshold", "seed")}

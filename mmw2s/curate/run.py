@@ -26,10 +26,11 @@ from array import array
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple, TypedDict
 
 from mmw2s.data_pipelines.image_hash import HashIndex, phash, phash_hex, sha256_hex
-from mmw2s.data_pipelines import ReadLimits, ShardEnd, Skip, event_loader, expand_urls, shard_name, write_json_atomic
+from mmw2s.data_pipelines import (DecodedSample, Event, ReadLimits, ShardEnd, Skip, event_loader, expand_urls,
+                                   shard_name, write_json_atomic)
 
 from mmw2s.curate.config import CurateConfig
 from mmw2s.curate.decontam import Reference, find_contamination, load_references
@@ -83,18 +84,29 @@ def _read_report(out: Path) -> dict | None:
 # In the data-loader workers
 
 
-def hash_record(sample: dict) -> dict | Skip:
-    """A decoded sample -> what deciding needs (no pixels cross to the main process)."""
+class HashRecord(TypedDict):
+    """What deciding needs of one sample (no pixels cross to the main process); `url` is its shard."""
+    url: str
+    key: str
+    sha256: str
+    phash: int
+    width: int
+    height: int
+    caption: str | None
+
+
+def hash_record(sample: DecodedSample) -> HashRecord | Skip:
+    """A decoded sample -> its `HashRecord`, or a `hash_error` skip."""
     try:
         value = phash(sample["image"])
     except Exception as exn:  # noqa: BLE001 - an image PIL decoded but cannot resize is this sample's fault
         return Skip(sample["__url__"], sample["__key__"], "hash_error", f"{type(exn).__name__}: {exn}")
-    return {"__url__": sample["__url__"], "key": sample["__key__"], "sha256": sha256_hex(sample["image_bytes"]),
+    return {"url": sample["__url__"], "key": sample["__key__"], "sha256": sha256_hex(sample["image_bytes"]),
             "phash": value, "width": sample["image"].width, "height": sample["image"].height,
             "caption": sample["caption"]}
 
 
-def hash_stage(events: Iterable[Any]) -> Iterator[list]:
+def hash_stage(events: Iterable[Event]) -> Iterator[list[HashRecord | Skip | ShardEnd]]:
     """Shard events with samples replaced by hash records, sent in chunks of CHUNK."""
     chunk: list = []
     for item in events:
@@ -115,10 +127,17 @@ def read_limits(cfg: CurateConfig) -> ReadLimits:
 # Deciding, in this process, in shard order
 
 
-def in_shard_order(urls: list[str], events: Iterable[Any]) -> Iterator[tuple[str, list, ShardEnd]]:
-    """`(url, records, end)` per shard in the order of `urls`, whatever order the workers finish in."""
+class ShardRecords(NamedTuple):
+    """One shard's hash records and skips in tar order, and its `ShardEnd`."""
+    url: str
+    records: list[HashRecord | Skip]
+    end: ShardEnd
+
+
+def in_shard_order(urls: list[str], events: Iterable[HashRecord | Skip | ShardEnd]) -> Iterator[ShardRecords]:
+    """The `ShardRecords` of each shard in the order of `urls`, whatever order the workers finish in."""
     position = {u: i for i, u in enumerate(urls)}
-    pending: dict[str, list] = {u: [] for u in urls}
+    pending: dict[str, list[HashRecord | Skip]] = {u: [] for u in urls}
     finished: dict[int, ShardEnd] = {}
     following = 0
     for item in events:
@@ -126,10 +145,10 @@ def in_shard_order(urls: list[str], events: Iterable[Any]) -> Iterator[tuple[str
             finished[position[item.url]] = item
             while following in finished:
                 url = urls[following]
-                yield url, pending.pop(url), finished.pop(following)
+                yield ShardRecords(url, pending.pop(url), finished.pop(following))
                 following += 1
         else:
-            pending[item.url if isinstance(item, Skip) else item["__url__"]].append(item)
+            pending[item.url if isinstance(item, Skip) else item["url"]].append(item)
     if following != len(urls):
         raise StageError(f"shard {urls[following]} never ended: the reader stopped early")
 
@@ -147,7 +166,7 @@ class Decider:
         self.kept_shard = array("I")  # index into `shards`
         self.kept_key: list[str] = []
 
-    def decide(self, shard: str, record: dict) -> dict:
+    def decide(self, shard: str, record: HashRecord) -> dict:
         """The index row of one hashed sample (and remember it when it is kept)."""
         row = {"shard": shard, "key": record["key"], "sha256": record["sha256"], "phash": phash_hex(record["phash"]),
                "width": record["width"], "height": record["height"], "reason": None}

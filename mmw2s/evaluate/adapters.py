@@ -1,8 +1,9 @@
 """Adapters that turn the models of `models/` into evaluation scorers, and `build_scorer`.
 
 - `DualEncoderScorer`: open_clip ``encode_image`` / ``encode_text`` (normalised): an embedding scorer.
-- `CaptionerScorer`: log p(text | image) from ``Captioner.log_likelihood_matrix`` (images encoded
-  once per batch, texts in chunks), per token by default; greedy captions from ``generate``.
+- `CaptionerScorer`: log p(text | image) from ``TrainableCaptioner.log_likelihood_matrix`` (images
+  encoded once per batch, texts in chunks), per token by default; greedy captions from any
+  ``Captioner``'s ``caption``.
 - `ItmScorer`: BLIP ITM, log p(match) of every pair. The image is encoded once per batch and its
   states repeated for the texts (the ITM branch of ``BlipForImageTextRetrieval.forward``, which
   would re-encode the image for every pair).
@@ -24,7 +25,7 @@ from PIL import Image
 from mmw2s.data_pipelines.vqa import vqa_prompt
 from mmw2s.evaluate.config import ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import AnswerScorer, EmbeddingScorer, PairwiseScorer, Scorer
-from mmw2s.models.captioners.blip_ved import MODEL_CLASSES, Captioner
+from mmw2s.models.captioners.protocol import Captioner, TrainableCaptioner, require_trainable
 from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
 from mmw2s.models.filters.blip_itm import BlipItmFilter
 
@@ -60,11 +61,15 @@ class CaptionerScorer(PairwiseScorer):
         self.captioner, self.name, self.pretrained = captioner, name, pretrained
         self.settings = settings
         # BLIP / VED score a text by its likelihood; a prompted VLM only writes captions
-        self.can_score = captioner.family in MODEL_CLASSES
+        self.can_score = isinstance(captioner, TrainableCaptioner)
+
+    def _scorer(self) -> TrainableCaptioner:
+        """The captioner, when it scores likelihoods (`run_task` skips the others before scoring)."""
+        return require_trainable(self.captioner, f"likelihood scoring (model {self.name})")
 
     def _token_counts(self, texts: Sequence[str]) -> torch.Tensor:
         """Predicted tokens per text (words and eos; bos is given, not predicted)."""
-        _, mask = self.captioner.encode_texts(list(texts))
+        _, mask = self._scorer().encode_texts(list(texts))
         return (mask.sum(dim=1) - 1).float().cpu()  # (M,)
 
     def prepare_texts(self, texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -72,22 +77,21 @@ class CaptionerScorer(PairwiseScorer):
 
     def score(self, images: Sequence[Image.Image], texts: Any) -> torch.Tensor:
         texts, counts = texts if isinstance(texts, tuple) else self.prepare_texts(texts)
-        pixels = self.captioner.preprocess(list(images))
-        parts = [self.captioner.log_likelihood_matrix(pixels, texts[s]).float().cpu()
+        scorer = self._scorer()
+        pixels = scorer.preprocess(list(images))
+        parts = [scorer.log_likelihood_matrix(pixels, texts[s]).float().cpu()
                  for s in _chunks(len(texts), len(images), self.settings.text_chunk)]
         scores = torch.cat(parts, dim=1)  # (N, M) summed log-likelihoods
         return scores / counts if self.settings.length_norm else scores
 
     def score_pairs(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
-        pixels = self.captioner.preprocess(list(images))
-        scores = self.captioner.log_likelihood(pixels, list(texts)).float().cpu()  # (N,)
+        scorer = self._scorer()
+        pixels = scorer.preprocess(list(images))
+        scores = scorer.log_likelihood(pixels, list(texts)).float().cpu()  # (N,)
         return scores / self._token_counts(texts) if self.settings.length_norm else scores
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
-        pixels = self.captioner.preprocess(list(images))
-        out = self.captioner.generate(pixels, num_captions=1, method="greedy",
-                                      max_new_tokens=self.settings.caption_max_new_tokens)
-        return [caps[0] for caps in out]
+        return self.write_captions(images, method="greedy", max_new_tokens=self.settings.caption_max_new_tokens)
 
     def write_captions(self, images: Sequence[Image.Image], **decoding: Any) -> list[str]:
         """One caption per image with the given decoding (``Captioner.caption``'s arguments), through
@@ -129,16 +133,11 @@ class ItmScorer(PairwiseScorer):
         self.flt, self.name, self.pretrained, self.settings = flt, name, pretrained, settings
 
     def _image_states(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = self.flt.preprocess(list(images))
-        return self.flt.model.vision_model(pixel_values=pixels).last_hidden_state  # (N, P, D)
+        return self.flt.image_states(self.flt.preprocess(list(images)))  # (N, P, D)
 
     def _log_match(self, states: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """log p(match) of image state i with text i: (B,)."""
-        atts = torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)  # (B, P)
-        hidden = self.flt.model.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                                             encoder_hidden_states=states, encoder_attention_mask=atts)
-        logits = self.flt.model.itm_head(hidden.last_hidden_state[:, 0, :])  # (B, 2)
-        return F.log_softmax(logits.float(), dim=-1)[:, 1]
+        return F.log_softmax(self.flt.match_logits(states, tokens).float(), dim=-1)[:, 1]
 
     def score(self, images: Sequence[Image.Image], texts: Any) -> torch.Tensor:
         states = self._image_states(images)  # (N, P, D)
@@ -162,14 +161,10 @@ class ItcScorer(EmbeddingScorer):
         self.flt, self.name, self.pretrained = flt, name, pretrained
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        model = self.flt.model
-        states = model.vision_model(pixel_values=self.flt.preprocess(list(images))).last_hidden_state
-        return F.normalize(model.vision_proj(states[:, 0, :]).float(), dim=-1).cpu()  # (N, D)
+        return self.flt.image_features(self.flt.preprocess(list(images))).cpu()  # (N, D)
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        model, tokens = self.flt.model, self.flt.tokenize(list(texts))
-        hidden = model.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        return F.normalize(model.text_proj(hidden.last_hidden_state[:, 0, :]).float(), dim=-1).cpu()  # (M, D)
+        return self.flt.text_features(list(texts)).cpu()  # (M, D)
 
 
 # --------------------------------------------------------------------------------------------

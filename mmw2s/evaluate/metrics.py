@@ -1,4 +1,4 @@
-"""Evaluation metrics, defined as LAION-AI/CLIP_benchmark defines them, plus caption accuracy.
+"""Evaluation metrics, defined as LAION-AI/CLIP_benchmark defines them, plus caption scores.
 
 - ``acc1`` / ``acc5``: fraction of samples whose target is among the k highest logits; ``acc5`` is
   undefined (None here, NaN in CLIP_benchmark) with fewer than 5 classes.
@@ -139,7 +139,8 @@ def caption_scores(caption: str, scene: dict, gold: str) -> dict[str, float]:
             "hallucination_rate": wrong / len(said) if said else 0.0}
 
 
-def caption_accuracy(captions: Sequence[str], truths: Sequence[dict]) -> dict[str, float]:
-    """Mean of ``caption_scores`` over images; ``truths`` are ``{"scene", "gold_caption"}``."""
+def mean_caption_scores(captions: Sequence[str], truths: Sequence[dict]) -> dict[str, float]:
+    """Mean of ``caption_scores`` over images; ``truths`` are ``{"scene", "gold_caption"}`` (the
+    captions suite's metrics; `mmw2s audit` scores captions its own way: `caption_attribute_accuracy`)."""
     rows = [caption_scores(c, t["scene"], t["gold_caption"]) for c, t in zip(captions, truths)]
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}

@@ -19,7 +19,7 @@ from mmw2s.data_pipelines.benchmarks import Benchmark, check_benchmark, load_ben
 from mmw2s.data_pipelines import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.errors import InputError
-from mmw2s.report.markdown import results_table
+from mmw2s.report.tables import results_table
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
 from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task

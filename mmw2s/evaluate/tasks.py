@@ -194,4 +194,4 @@ def caption(scorer: Scorer, bench: Benchmark, examples: Iterable[Example],
         captions.extend(written)
         truths.extend(ex.truth for ex in batch)
     shown = [{"caption": c, "gold": t["gold_caption"]} for c, t in zip(captions[:5], truths[:5])]
-    return M.caption_accuracy(captions, truths), {"images": len(captions), "examples": shown}
+    return M.mean_caption_scores(captions, truths), {"images": len(captions), "examples": shown}

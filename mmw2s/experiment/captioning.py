@@ -14,11 +14,11 @@ the mean over the three caption-accuracy metrics, so reports with and without th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmw2s.report.markdown import fmt, markdown_table, mean_std, pgr, pgr_table, plot_panels
+from mmw2s.report.experiment import CAPTION_CEILING, CAPTION_WEAK, CaptioningResults
+from mmw2s.report.stats import MeanStd, mean_of_defined, pgr, pgr_table, spread
 
 if TYPE_CHECKING:
     from mmw2s.experiment.config import ExperimentConfig
@@ -29,8 +29,6 @@ METRICS = ("exact_match", "object_recall", "hallucination_rate")
 COCO_SUITE = "world:captioning"  # the captioning task's suite; its metrics join when it ran
 COCO_METRICS = ("CIDEr", "clip_score")
 LOWER_IS_BETTER = frozenset({"hallucination_rate"})
-WEAK = "weak_captioner"
-CEILING = "captioner_gold"
 ORDER = ("captioner_web", "captioner_filtered", "captioner_bootstrapped")
 
 
@@ -68,26 +66,11 @@ def caption_pgr(scores: dict[str, dict[str, float]], students: list[str],
         row = {}
         for metric in keys:
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-            values = [scores.get(m, {}).get(metric) for m in (student, WEAK, CEILING)]
+            values = [scores.get(m, {}).get(metric) for m in (student, CAPTION_WEAK, CAPTION_CEILING)]
             row[metric] = None if None in values else pgr(*(sign * v for v in values), min_gap)
-        defined = [row[k] for k in METRICS if row.get(k) is not None]
-        row["mean"] = sum(defined) / len(defined) if defined else None
+        row["mean"] = mean_of_defined(row.get(k) for k in METRICS)
         out[student] = row
     return out
-
-
-@dataclass
-class CaptioningResults:
-    """What the captioning section of a report shows."""
-
-    seeds: list[int]
-    students: list[str]
-    per_seed: list[dict[str, dict[str, float]]]  # caption metrics of every model, per seed
-    metrics: dict[str, dict[str, tuple]]  # model -> metric -> (mean, std, n)
-    pgr_per_seed: list[dict[str, dict[str, float | None]]]
-    pgr: dict[str, dict[str, tuple]]  # student -> metric|mean -> (mean, std)
-    zero_shot_pgr: dict[str, dict[str, tuple]]  # student -> benchmark|mean -> (mean, std)
-    keys: tuple[str, ...] = METRICS  # the metrics shown (CIDEr, CLIPScore too when they were measured)
 
 
 def captioning_results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]],
@@ -99,45 +82,15 @@ def captioning_results(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step
     per_seed = [caption_metrics(steps) for steps in steps_by_seed.values()]
     models = list(dict.fromkeys(m for s in per_seed for m in s))
     shown = metric_keys(per_seed)
-    metrics = {m: {k: mean_std([s.get(m, {}).get(k) for s in per_seed]) for k in shown} for m in models}
+    metrics = {m: {k: spread([s.get(m, {}).get(k) for s in per_seed]) for k in shown} for m in models}
     pgr_seeds = [caption_pgr(s, students, cfg.pgr_min_gap, shown) for s in per_seed]
     keys = [*shown, "mean"]
-    pgr_agg = {st: {k: mean_std([t[st].get(k) for t in pgr_seeds])[:2] for k in keys} for st in students}
+    pgr_agg = {st: {k: spread([t[st].get(k) for t in pgr_seeds]).mean_std for k in keys} for st in students}
     zero = [pgr_table({m: {b: v for b, v in s.get(m, {}).items() if b in benches} for m in s},
-                      [WEAK], students, CEILING, cfg.pgr_min_gap) for s in scores_per_seed]
-    zero_agg = {st: {k: mean_std([t[st].get(k) for t in zero])[:2] for k in [*benches, "mean"]}
+                      [CAPTION_WEAK], students, CAPTION_CEILING, cfg.pgr_min_gap) for s in scores_per_seed]
+    zero_agg = {st: {k: spread([t[st].get(k) for t in zero]).mean_std for k in [*benches, "mean"]}
                 for st in students}
     return CaptioningResults(list(steps_by_seed), students, per_seed, metrics, pgr_seeds, pgr_agg, zero_agg, shown)
-
-
-def captioning_markdown(cap: CaptioningResults, agg: dict[str, dict[str, tuple]], benches: list[str]) -> list[str]:
-    """The report's section on the captioning students."""
-    models = [m for m in (WEAK, *cap.students, CEILING) if m in cap.metrics or m in agg]
-    names = {"exact_match": "exact match", "object_recall": "object recall",
-             "hallucination_rate": "hallucination rate", "CIDEr": "CIDEr", "clip_score": "CLIPScore"}
-    scores = markdown_table(
-        ["captioner", *[names[k] for k in cap.keys], *benches],
-        [[m, *[fmt(*cap.metrics.get(m, {}).get(k, (None, None))[:2]) for k in cap.keys],
-          *[fmt(*agg.get(m, {}).get(b, (None, None))[:2]) for b in benches]] for m in models])
-    seed_cols = [f"seed {s}" for s in cap.seeds]
-    rows = [[st, names.get(k, k), *[fmt(t[st].get(k), pct=False) for t in cap.pgr_per_seed],
-             fmt(*cap.pgr[st][k], pct=False)] for st in cap.students for k in [*cap.keys, "mean"]]
-    zero_keys = [*benches, "mean"]
-    zero_shot = ["PGR of the captioning students on the zero-shot suites against the weak captioner alone:", "",
-                 markdown_table(["student", *zero_keys],
-                                [[st, *[fmt(*cap.zero_shot_pgr[st][k], pct=False) for k in zero_keys]]
-                                 for st in cap.students]), ""] if benches else []
-    return [
-        "## Captioning students", "",
-        "Captioners trained from scratch with equal budgets on raw alt-text, filter-only, captioner + "
-        "filter (bootstrapped) and gold captions, against the weak captioner whose captions they learn "
-        "from. Caption metrics on the world's captions suite (greedy captions; lower is better for the "
-        "hallucination rate); zero-shot suites scored by the likelihood of each prompt.", "",
-        scores, "",
-        "PGR on the caption metrics against the weak captioner (ceiling `captioner_gold`; for the "
-        "hallucination rate the gap is turned around, so 1 is the ceiling's rate and 0 the weak "
-        "captioner's), per seed and mean ± std:", "",
-        markdown_table(["student", "metric", *seed_cols, "mean ± std"], rows), "", *zero_shot]
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,16 +111,15 @@ def _audit(steps: list[Step], name: str) -> dict | None:
 
 
 def round_rows(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]], scores_per_seed: list[dict],
-               benches: list[str], cap: CaptioningResults | None) -> list[dict[str, tuple]]:
-    """Per round, `{quantity: (mean, std)}` over seeds: students' scores, filter audit, captions."""
+               benches: list[str], cap: CaptioningResults | None) -> list[dict[str, MeanStd]]:
+    """Per round, `{quantity: MeanStd}` over seeds: students' scores, filter audit, captions."""
     rows = []
     for r in range(1, cfg.rounds + 1):
         names = round_names(r)
         per_seed: dict[str, list] = {}
         for i, steps in enumerate(steps_by_seed.values()):
-            clip = [scores_per_seed[i].get(names["clip"], {}).get(b) for b in benches]
-            clip = [v for v in clip if v is not None]
-            values: dict[str, Any] = {"CLIP student mean accuracy": sum(clip) / len(clip) if clip else None}
+            clip = mean_of_defined(scores_per_seed[i].get(names["clip"], {}).get(b) for b in benches)
+            values: dict[str, Any] = {"CLIP student mean accuracy": clip}
             if cap is not None:
                 mine = cap.per_seed[i].get(names["captioner"], {})
                 values["captioning student exact match"] = mine.get("exact_match")
@@ -176,7 +128,7 @@ def round_rows(cfg: ExperimentConfig, steps_by_seed: dict[int, list[Step]], scor
             values.update(_audit_values(_audit(steps, names["audit"])))
             for key, value in values.items():
                 per_seed.setdefault(key, []).append(value)
-        rows.append({k: mean_std(v)[:2] for k, v in per_seed.items()})
+        rows.append({k: spread(v).mean_std for k, v in per_seed.items()})
     return rows
 
 
@@ -192,24 +144,3 @@ def _audit_values(audit: dict | None) -> dict[str, float | None]:
         out["synthetic exact match"] = synthetic.get("exact_match")
         out["synthetic hallucination rate"] = synthetic.get("hallucination_rate")
     return out
-
-
-def plot_rounds(rows: list[dict[str, tuple]], path: Path) -> Path:
-    """rounds.png: four panels over rounds (students, filter audit, kept per noise type, captions)."""
-    def pick(keys):
-        return {k: [row.get(k, (None, None)) for row in rows] for k in keys}
-
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    panels = [("students", "score", pick([k for k in keys if "student" in k and "hallucination" not in k])),
-              ("filter audit (positive = correct alt-text)", "fraction", pick(["filter precision", "filter recall"])),
-              ("web alt-text kept, per noise type", "fraction", pick([k for k in keys if k.startswith("kept: ")])),
-              ("synthetic captions (and the captioning student's)", "fraction",
-               pick([k for k in keys if k.startswith("synthetic") or "hallucination" in k]))]
-    return plot_panels(list(range(1, len(rows) + 1)), panels, path, "round")
-
-
-def rounds_markdown(rows: list[dict[str, tuple]]) -> str:
-    """Round x quantity table (percentages)."""
-    keys = list(dict.fromkeys(k for row in rows for k in row if not k.startswith("kept: ")))
-    return markdown_table(["round", *keys], [[r, *[fmt(*row.get(k, (None, None))) for k in keys]]
-                                             for r, row in enumerate(rows, 1)])

@@ -9,26 +9,25 @@
              first fine-tuned on the clean split, and new students on the result
           -> eval of teachers and students -> audit of every bootstrap
 
-Stage folders are keyed by config (`mmw2s.experiment.planner`); `pipeline: llava` plans in
-`mmw2s.experiment.llava_plan`.
+Stage folders are keyed by config and each step names the steps it needs
+(`mmw2s.experiment.planner`); `pipeline: llava` plans in `mmw2s.experiment.llava_plan`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mmw2s.config import build, set_dotted, to_dict
 from mmw2s.experiment.llava_plan import plan_llava_seed
-from mmw2s.experiment.planner import Planner, Step, Teachers, clip_filter, merge, plan_teachers
-
-if TYPE_CHECKING:  # annotations only: the config module imports this one
-    from mmw2s.experiment.config import ExperimentConfig
+from mmw2s.experiment.planner import (Planner, Step, Teachers, clip_filter, final, merge, plan_filter_only,
+                                     plan_teachers)
+from mmw2s.experiment.settings import ExperimentSettings
 
 CAPTIONER_PREFIX = "captioner_"  # `students:` names of captioning students: captioner_web, ...
 
 
-def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
+def plan_seed(cfg: ExperimentSettings, source: str, seed: int) -> list[Step]:
     """The stages of one seed of the experiment, in the order they run."""
     if cfg.pipeline == "llava":
         return plan_llava_seed(cfg, source, seed)
@@ -40,18 +39,19 @@ def plan_seed(cfg: ExperimentConfig, source: str, seed: int) -> list[Step]:
     data = _student_data(p, cfg, t)
     students = {name: _plan_student(p, cfg, name, *data[_kind(name)], seed) for name in cfg.students}
     students.update(_plan_rounds(p, cfg, t, students, seed))
-    models = [{"name": "weak_captioner", "kind": "captioner", "path": t.captioner},
-              {"name": "weak_filter", "kind": "dual_encoder", "path": t.filter_model}]
+    models = [{"name": "weak_captioner", "kind": "captioner", "path": final(t.captioner)},
+              {"name": "weak_filter", "kind": "dual_encoder", "path": final(t.filter)}]
     models += [{"name": _model_name(n), "kind": "captioner" if is_captioner(n) else "dual_encoder",
-                "path": _final(s)} for n, s in students.items()]
-    p.add("eval", "eval", EvalConfig,
-          merge(cfg.eval, {"world": str(t.world_dir), "models": models, **_clip_score_model(cfg, t)}), "eval")
+                "path": final(s)} for n, s in students.items()]
+    scorer = _clip_score_model(cfg, t)
+    p.add_eval(EvalConfig, merge(cfg.eval, {"world": str(t.world.out), "models": models, **scorer}),
+               [t.world, t.filter] if scorer else [t.world], [t.captioner, t.filter, *students.values()])
     for b in [s for s in p.steps if s.stage == "bootstrap"]:
-        p.steps.append(Step(f"audit_{b.name}", "audit", AuditConfig(run=b.cfg.out), Path(b.cfg.out)))
+        p.add_audit(AuditConfig, b)
     return p.steps
 
 
-def _clip_score_model(cfg: ExperimentConfig, t: Teachers) -> dict:
+def _clip_score_model(cfg: ExperimentSettings, t: Teachers) -> dict:
     """CLIPScore's model for the world's captioning suite: the weak filter, a CLIP trained on the
     clean split, which no captioner being scored was trained by. Hessel et al.'s ViT-B/32 cannot be
     had offline and has never seen the world's 32 px shapes; an eval section that names its own
@@ -59,7 +59,7 @@ def _clip_score_model(cfg: ExperimentConfig, t: Teachers) -> dict:
     own = cfg.eval.get("captioning") or {}
     if "world:captioning" not in (cfg.eval.get("benchmarks") or []) or "clip" in own or own.get("clip_path"):
         return {}
-    return {"captioning": {**own, "clip_path": t.filter_model}}
+    return {"captioning": {**own, "clip_path": final(t.filter)}}
 
 
 def is_captioner(student: str) -> bool:
@@ -77,42 +77,35 @@ def _model_name(student: str) -> str:
     return student if is_captioner(student) else f"student_{student}"
 
 
-def _final(step: Step) -> str:
-    """The trained model folder a later stage loads."""
-    return str(Path(step.cfg.out) / "final")
-
-
-def _student_data(p: Planner, cfg: ExperimentConfig, t: Teachers) -> dict[str, tuple[str, dict]]:
-    """`{kind: (shards, text section)}` of the training data each kind of student reads."""
-    from mmw2s.bootstrap.config import BootstrapConfig
-
+def _student_data(p: Planner, cfg: ExperimentSettings, t: Teachers) -> dict[str, tuple[str, dict, Step]]:
+    """`{kind: (shards, text section, the step that wrote the shards)}` of the training data each
+    kind of student reads."""
     boot_text = merge({"source": "txt"}, cfg.bootstrapped_text)
-    data = {"web": (str(t.world_dir / "web"), {"source": "txt"}),
-            "bootstrapped": (str(Path(t.bootstrap.cfg.out) / "shards"), boot_text),
-            "gold": (str(t.world_dir / "web"), {"source": "gold"})}
+    data = {"web": (str(t.world.out / "web"), {"source": "txt"}, t.world),
+            "bootstrapped": (str(t.bootstrap.out / "shards"), boot_text, t.bootstrap),
+            "gold": (str(t.world.out / "web"), {"source": "gold"}, t.world)}
     if any(_kind(s) == "filtered" for s in cfg.students):
-        only = p.add("filter_only", "bootstrap", BootstrapConfig,
-                     merge(cfg.bootstrap, merge(t.boot_common, {"decoding": {"num_captions": 0}})),
-                     "bootstrap")
-        data["filtered"] = (str(Path(only.cfg.out) / "shards"), {"source": "txt"})
+        only = plan_filter_only(p, cfg, t)
+        data["filtered"] = (str(only.out / "shards"), {"source": "txt"}, only)
     return data
 
 
-def _plan_student(p: Planner, cfg: ExperimentConfig, name: str, shards: str, text: dict,
+def _plan_student(p: Planner, cfg: ExperimentSettings, name: str, shards: str, text: dict, source: Step,
                   seed: int, suffix: str = "") -> Step:
     """One student with its kind's shared section: `student` (CLIP) or `captioner_student` (over
-    `weak_captioner`'s keys: the captioning students train as the weak one did, larger)."""
+    `weak_captioner`'s keys: the captioning students train as the weak one did, larger), trained on
+    `shards`, which step `source` wrote."""
     from mmw2s.train.config import TrainConfig
 
     fixed = {"data": shards, "seed": seed, "text": text, "reads_truth": text.get("source") == "gold"}
     if is_captioner(name):
         section = merge(merge(cfg.weak_captioner, cfg.captioner_student), {"task": "captioner", **fixed})
-        return p.add(name + suffix, "train", TrainConfig, section, "captioner_student")
+        return p.add(name + suffix, "train", TrainConfig, section, "captioner_student", [source])
     return p.add(f"student_{name}{suffix}", "train", TrainConfig, merge(cfg.student, {"task": "clip", **fixed}),
-                 "student")
+                 "student", [source])
 
 
-def _plan_rounds(p: Planner, cfg: ExperimentConfig, t: Teachers, students: dict[str, Step],
+def _plan_rounds(p: Planner, cfg: ExperimentSettings, t: Teachers, students: dict[str, Step],
                  seed: int) -> dict[str, Step]:
     """Rounds 2..N: CapFilt over the same web split with the last round's bootstrapped students
     as the teachers, then new students (from scratch, the same budgets) on its output.
@@ -131,19 +124,20 @@ def _plan_rounds(p: Planner, cfg: ExperimentConfig, t: Teachers, students: dict[
         filter_from, captioner_from = clip, captioner
         if cfg.renew == "finetune_on_clean":
             filter_from, captioner_from = _plan_finetunes(p, cfg, t, clip, captioner, seed, r)
-        teachers = {"filter": clip_filter(_final(filter_from)),
-                    "captioner": {"name": _final(captioner_from) if captioner_from else t.captioner}}
+        captioner_from = captioner_from or t.captioner
+        teachers = {"filter": clip_filter(final(filter_from)), "captioner": {"name": final(captioner_from)}}
         boot = p.add(f"bootstrap_r{r}", "bootstrap", BootstrapConfig,
-                     merge(cfg.bootstrap, merge(t.boot_common, teachers)), "bootstrap")
-        shards = str(Path(boot.cfg.out) / "shards")
-        clip = out[f"bootstrapped_r{r}"] = _plan_student(p, cfg, "bootstrapped", shards, text, seed, f"_r{r}")
+                     merge(cfg.bootstrap, merge(t.boot_common, teachers)), "bootstrap",
+                     [t.world, filter_from, captioner_from])
+        shards = str(boot.out / "shards")
+        clip = out[f"bootstrapped_r{r}"] = _plan_student(p, cfg, "bootstrapped", shards, text, boot, seed, f"_r{r}")
         if captioner is not None:
-            captioner = _plan_student(p, cfg, "captioner_bootstrapped", shards, text, seed, f"_r{r}")
+            captioner = _plan_student(p, cfg, "captioner_bootstrapped", shards, text, boot, seed, f"_r{r}")
             out[f"captioner_bootstrapped_r{r}"] = captioner
     return out
 
 
-def _plan_finetunes(p: Planner, cfg: ExperimentConfig, t: Teachers, clip: Step, captioner: Step | None,
+def _plan_finetunes(p: Planner, cfg: ExperimentSettings, t: Teachers, clip: Step, captioner: Step | None,
                     seed: int, r: int) -> tuple[Step, Step | None]:
     """BLIP's renewal: round r-1's bootstrapped students fine-tuned on world/clean (the split the
     weak teachers learned from) become round r's filter (contrastive loss) and captioner (LM loss).
@@ -154,18 +148,19 @@ def _plan_finetunes(p: Planner, cfg: ExperimentConfig, t: Teachers, clip: Step, 
     """
     from mmw2s.train.config import TrainConfig
 
-    clean = {"data": str(t.world_dir / "clean"), "seed": seed, "text": {"source": "txt"}, "reads_truth": False}
-    dual = {"arch": f"local-dir:{_final(clip)}", "pretrained": None, "image_tower_weights": None}
+    clean = {"data": str(t.world.out / "clean"), "seed": seed, "text": {"source": "txt"}, "reads_truth": False}
+    dual = {"arch": f"local-dir:{final(clip)}", "pretrained": None, "image_tower_weights": None}
     section = merge(merge(cfg.student, cfg.renew_finetune), {"task": "clip", "dual_encoder": dual, **clean})
-    new_filter = p.add(f"filter_finetune_r{r}", "train", TrainConfig, section, "renew_finetune")
+    new_filter = p.add(f"filter_finetune_r{r}", "train", TrainConfig, section, "renew_finetune", [t.world, clip])
     if captioner is None:
         return new_filter, None
     section = merge(merge(merge(cfg.weak_captioner, cfg.captioner_student), cfg.renew_finetune),
-                    {"task": "captioner", "captioner": {"name": _final(captioner)}, **clean})
-    return new_filter, p.add(f"captioner_finetune_r{r}", "train", TrainConfig, section, "renew_finetune")
+                    {"task": "captioner", "captioner": {"name": final(captioner)}, **clean})
+    return new_filter, p.add(f"captioner_finetune_r{r}", "train", TrainConfig, section, "renew_finetune",
+                             [t.world, captioner])
 
 
-def plan(cfg: ExperimentConfig, source: str = "experiment") -> dict[int, list[Step]]:
+def plan(cfg: ExperimentSettings, source: str = "experiment") -> dict[int, list[Step]]:
     """Every seed's steps; raises `ConfigError` before any work if a section is wrong."""
     return {cfg.seed + i: plan_seed(cfg, source, cfg.seed + i) for i in range(cfg.seeds)}
 
@@ -175,11 +170,11 @@ class Variant:
     """One point of a sweep (the whole experiment when there is no sweep)."""
 
     value: Any
-    cfg: ExperimentConfig
+    cfg: ExperimentSettings
     steps_by_seed: dict[int, list[Step]]
 
 
-def plan_variants(cfg: ExperimentConfig, source: str = "experiment") -> list[Variant]:
+def plan_variants(cfg: ExperimentSettings, source: str = "experiment") -> list[Variant]:
     """One variant per sweep value (or the experiment itself), each planned and validated.
 
     All variants plan into the same seed folders, so a stage whose config does not depend on the

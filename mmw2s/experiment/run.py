@@ -1,7 +1,8 @@
 """`mmw2s run`: the weak-to-strong experiment end to end, over one or more seeds, then the report.
 
-The plan (`plan.py`) lists each seed's stages; the scheduler (`scheduler.py`) runs them, ``jobs``
-at a time where none needs another's output, every seed's in one pool.
+The plan (`plan.py`) lists each seed's steps and the steps each needs; the scheduler
+(`scheduler.py`) runs them, ``jobs`` at a time where none needs another's output, every seed's in
+one pool.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Step, describe_step, plan_variants, run_order
+from mmw2s.experiment.plan import describe_step, plan_variants, run_order
+from mmw2s.experiment.planner import Step, steps_to_run
 from mmw2s.experiment.progress import StageProgress
 from mmw2s.experiment.scheduler import resolve_jobs, run_steps
-from mmw2s.experiment.worker import split_eval, timing_path
+from mmw2s.experiment.worker import timing_path
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def run_all(steps_by_seed: dict[int, list[Step]], jobs: int) -> dict[int, dict[s
     for seed, steps in steps_by_seed.items():
         seen = {str(s.out) for _, s in flat}
         flat += [(seed, part) for s in steps if str(s.out) not in seen  # a stage two seeds share runs once
-                 for part in split_eval(s)]
+                 for part in steps_to_run(s)]
     complete = [i for i, (_, s) in enumerate(flat) if timing_path(s).exists()]  # found done: ~0 s each
     progress = StageProgress([stage_kind(s) for _, s in flat], resolve_jobs(jobs), complete)
     timings: dict[int, dict[str, dict[str, float]]] = {seed: {} for seed in steps_by_seed}

@@ -1,8 +1,9 @@
-"""Run an experiment's stages, several at once where none needs another's output.
+"""Run an experiment's steps, several at once where none needs another's output.
 
-A stage depends on an earlier one when its config names that stage's output folder (a student's
-data is the bootstrap's shards, the eval's models are the students' folders), so the plan itself
-is the graph; no stage declares its dependencies by hand.
+The plan is the graph: each step names the output folders it reads (`Step.needs`, set by the
+planner where it wires one step's output folder into another's config: a student's data is the
+bootstrap's shards, the eval's models are the students' folders), and a step waits for every
+earlier step that writes one of them.
 
 With ``jobs`` > 1 the stages run in that many worker processes (spawned, so each starts clean),
 each with ``cores // jobs`` torch threads. On a small machine two single-threaded stages side by
@@ -15,37 +16,34 @@ with the same ``jobs``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
+from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mmw2s.config import to_dict
 from mmw2s.errors import StageError
 from mmw2s.experiment.display import StageDisplay
-from mmw2s.experiment.plan import Step
-from mmw2s.experiment.worker import EVAL_MODEL, run_step
+from mmw2s.experiment.planner import Step
+from mmw2s.experiment.worker import run_step
 
 Done = Callable[[int, Step, dict, bool], None]  # (index, step, seconds, was complete before)
 
 
 def dependencies(steps: Sequence[Step]) -> list[set[int]]:
-    """For each step, the earlier steps it waits for: those whose output folder its config names.
+    """For each step, the earlier steps it waits for: those that write a folder it needs.
 
-    Steps that share a folder (an eval's per-model steps and the eval) do not wait for each other,
-    except the one that is not a per-model step, which waits for all of them.
+    Several steps may write one folder (an eval's per-model parts and the eval, a bootstrap and its
+    audit); a step that needs the folder waits for all of them.
     """
-    texts = [json.dumps(to_dict(s.cfg), default=str) for s in steps]
-    outs = [str(s.out) for s in steps]
-
-    def waits(j: int, i: int) -> bool:
-        if outs[i] == outs[j]:
-            return steps[j].stage != EVAL_MODEL
-        return outs[i] + os.sep in texts[j] or f'"{outs[i]}"' in texts[j]
-
-    return [{i for i in range(j) if waits(j, i)} for j in range(len(steps))]
+    writers: dict[Path, list[int]] = defaultdict(list)
+    waits: list[set[int]] = []
+    for j, step in enumerate(steps):
+        waits.append({i for folder in step.needs for i in writers[folder]})
+        writers[step.out].append(j)
+    return waits
 
 
 def resolve_jobs(jobs: int, cores: int | None = None) -> int:

@@ -1,10 +1,10 @@
-"""Running one planned stage of an experiment: its runner, its seconds, its timing record.
+"""One planned step of an experiment, run in a worker: its stage's runner, its seconds, its timing
+record.
 
 Kept apart from the scheduler so that a worker process imports only this (and the stage it runs).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import time
@@ -13,28 +13,14 @@ from typing import Any
 
 from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.console import stage_label
-from mmw2s.experiment.plan import Step
+from mmw2s.experiment.planner import EVAL_MODEL, Step
 
 
 def timing_path(step: Step) -> Path:
+    """Where a step's seconds are kept: next to its output."""
     if step.stage == EVAL_MODEL:  # several share the eval's folder
         return step.out / f"timing.eval.{step.cfg.models[0].name}.json"
     return step.out / f"timing.{step.stage}.json"
-
-
-EVAL_MODEL = "eval_model"
-
-
-def split_eval(step: Step) -> list[Step]:
-    """An eval of several models as one step per model, then the eval itself.
-
-    Each model's step can start as soon as that model is trained (the captioner's while the
-    students train); the eval then finds every result written and only writes the summary.
-    """
-    if step.stage != "eval" or len(step.cfg.models) < 2:
-        return [step]
-    return [Step(f"eval_{m.name}", EVAL_MODEL, dataclasses.replace(step.cfg, models=[m]), step.out)
-            for m in step.cfg.models] + [step]
 
 
 def run_step(step: Step) -> tuple[dict[str, float], bool]:

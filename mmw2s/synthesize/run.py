@@ -25,8 +25,8 @@ from typing import Any, Iterator
 
 from mmw2s.data_pipelines.instructions import make_record, parse_turns, read_jsonl, write_jsonl, \
     write_llava_json
-from mmw2s.data_pipelines import OtherSettings, ReadLimits, complete_with, ShardEnd, ShardWriter, Skip, is_complete, \
-    shard_events, shard_name, verified_stats, write_json_atomic
+from mmw2s.data_pipelines import DecodedSample, Event, OtherSettings, ReadLimits, complete_with, ShardEnd, \
+    ShardWriter, Skip, is_complete, shard_events, shard_name, verified_stats, write_json_atomic
 from mmw2s.errors import StageError
 from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 from mmw2s.synthesize.backends import ApiBackend, LocalBackend, Request, Response, TemplateBackend, \
@@ -125,7 +125,7 @@ def shard_done(out: Path, url: str, fingerprint: str) -> bool:
 # Inputs of one sample
 
 
-def sample_captions(sample: dict, mode: str) -> list[str]:
+def sample_captions(sample: DecodedSample, mode: str) -> list[str]:
     """The captions to synthesize from: the training caption first (never the truth block).
 
     A bootstrapped shard's caption is ``mmw2s.chosen``; with ``mode="kept"`` every other caption
@@ -144,7 +144,7 @@ def sample_captions(sample: dict, mode: str) -> list[str]:
     return captions
 
 
-def sample_boxes(sample: dict, dotted: str | None) -> list[dict] | None:
+def sample_boxes(sample: DecodedSample, dotted: str | None) -> list[dict] | None:
     """Boxes at the JSON path ``dotted`` as ``[{label, box}]`` with coordinates in [0, 1]."""
     if not dotted:
         return None
@@ -163,7 +163,7 @@ def sample_boxes(sample: dict, dotted: str | None) -> list[dict] | None:
     return boxes or None
 
 
-def sample_requests(sample: dict, index: int, cfg: SynthesizeConfig, backend: Any) -> list[Request]:
+def sample_requests(sample: DecodedSample, index: int, cfg: SynthesizeConfig, backend: Any) -> list[Request]:
     """The requests of one sample: one per kind it gets (``kind_policy``)."""
     captions = sample_captions(sample, cfg.captions)
     if not captions:
@@ -215,7 +215,7 @@ class ShardTally(Counter):
             self["completion_tokens"] += r.completion_tokens
 
 
-def to_records(sample: dict, requests: list[Request], responses: list[Response], backend: Any,
+def to_records(sample: DecodedSample, requests: list[Request], responses: list[Response], backend: Any,
                tally: ShardTally) -> list[dict]:
     """The records of one sample's responses; malformed ones are counted, sampled and skipped.
 
@@ -245,9 +245,9 @@ def to_records(sample: dict, requests: list[Request], responses: list[Response],
     return records
 
 
-def _chunks(events: Iterator[Any], size: int, tally: ShardTally) -> Iterator[list[dict]]:
+def _chunks(events: Iterator[Event], size: int, tally: ShardTally) -> Iterator[list[DecodedSample]]:
     """Lists of up to ``size`` samples; skips are counted, the `ShardEnd` is noted."""
-    chunk: list[dict] = []
+    chunk: list[DecodedSample] = []
     for item in events:
         if isinstance(item, ShardEnd):
             tally.damaged, tally.unreadable = item.damaged, item.unreadable

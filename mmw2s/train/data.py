@@ -78,9 +78,18 @@ class DataStats:
 
 def rank_shards(urls: list[str], rank: int, world: int,
                 seed: int) -> tuple[list[str], Optional[tuple[int, int]]]:
-    """This rank's shards, and `(rank, world)` when samples must be split instead of shards."""
+    """This rank's shards, and `(rank, world)` when samples must be split instead of shards.
+
+    The deal is webdataset's `split_by_node` (`islice(urls, rank, None, world)`), done here rather
+    than as its pipeline stage: `split_by_node` reads the rank from `torch.distributed` or RANK /
+    WORLD_SIZE instead of taking ours, and deals lazily inside the workers, while this rank's shard
+    count is needed before they start (the worker count, the empty-stream guard), and with fewer
+    shards than ranks the split is by sample (`_split_samples`), which webdataset has no stage for.
+    """
     urls = list(urls)
-    random.Random(seed).shuffle(urls)  # the same order on every rank: the same seed
+    # The same order on every rank: the same seed. (`wds.SimpleShardList(urls, seed=seed)` shuffles
+    # the same way today; the standard library keeps that order whatever webdataset's version.)
+    random.Random(seed).shuffle(urls)
     if world == 1:
         return urls, None
     if len(urls) >= world:
@@ -210,7 +219,16 @@ def _select(src: Iterable, select: TextSelector, rng: random.Random) -> Iterator
 
 
 def _shuffle(src: Iterable, rng: random.Random, bufsize: int) -> Iterator:
-    """Shuffle samples in a buffer of `bufsize` (events pass straight through)."""
+    """Shuffle samples in a buffer of `bufsize` (events pass straight through).
+
+    Not webdataset's `shuffle(bufsize, initial=bufsize, rng=rng)`, although it draws the same for a
+    stream of samples alone (`randint(0, n - 1)` is `randrange(n)`, and the pick is swapped with
+    the last): its buffer would also hold the `Skip` / `ShardEnd` events, which must reach the
+    batch being filled when they happen (counted with it, dropped with it on resume), and each
+    event in the buffer would shift which draw picks which sample, so the samples' order, and so
+    every output byte, would change. It also spends a draw per item at `bufsize=1` (the same `rng`
+    draws the `mix` captions) and empties its buffer in another order at the end of a stream.
+    """
     buffer: list = []
     for item in src:
         if isinstance(item, (Skip, ShardEnd)) or bufsize <= 1:

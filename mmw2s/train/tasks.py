@@ -6,7 +6,7 @@ step)` computed through the prepared module's forward (so DDP synchronizes gradi
 `export(folder)`, which writes the model in its own library's format:
 - captioner: a `save_pretrained` folder (model, tokenizer, image processor) that
   `BlipForConditionalGeneration` / `VisionEncoderDecoderModel.from_pretrained` and
-  `Captioner.load` read;
+  `BlipVedCaptioner.load` read;
 - clip: `open_clip_model.safetensors`, the state dict that
   `open_clip.create_model_and_transforms(arch, pretrained=PATH)` loads (+ its config JSON);
 - llava: a `LlavaStudent.save_pretrained` folder (vision tower, projector, `lm/` with its
@@ -33,7 +33,7 @@ from mmw2s.train.conversations import llava_sources, stage1_turns, stage2_select
 from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from mmw2s.models.captioners.build import build_captioner, list_captioners
 from mmw2s.models.captioners.protocol import NotTrainableError, require_trainable
-from mmw2s.models.captioners.blip_ved import Captioner
+from mmw2s.models.captioners.blip_ved import BlipVedCaptioner, processor_pixels
 from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
 from mmw2s.models.llava import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, LlavaStudent, images_to_tensor, registered_lms
 from mmw2s.models.losses import build_loss
@@ -80,16 +80,17 @@ class CaptionerTask:
             raise NotTrainableError("mmw2s train task=captioner needs a trainable captioner (BLIP or "
                                     "VisionEncoderDecoder); captioner.kind=endpoint only captions")
         if resume_model is not None:  # the checkpoint's own tokenizer, not one rebuilt from data
-            self.captioner = Captioner.load(resume_model, max_length=spec.max_length)
+            captioner = BlipVedCaptioner.load(resume_model, max_length=spec.max_length)
         elif spec.name in list_captioners():
             captions = training_captions(cfg.data, selector, cfg.tokenizer_captions)
             log.info("captioner %s from scratch: tokenizer built from %d captions", spec.name, len(captions))
-            self.captioner = build_captioner(spec, captions)
+            captioner = build_captioner(spec, captions)
         else:
-            self.captioner = build_captioner(spec)
-        require_trainable(self.captioner, "mmw2s train task=captioner")
+            captioner = build_captioner(spec)
+        self.captioner = require_trainable(captioner, "mmw2s train task=captioner")
         self.module = self.captioner.model
-        self.images_to_tensor = ProcessorImages(self.captioner.image_processor)
+        # the captioner's own image preprocessing, as a picklable callable for the DataLoader workers
+        self.images_to_tensor = functools.partial(processor_pixels, self.captioner.image_processor)
 
     def attach(self, prepared: torch.nn.Module) -> None:
         """Route the captioner's forward passes through the prepared (e.g. DDP) module."""
@@ -213,16 +214,6 @@ class LlavaTask:
     def export(self, folder: Path) -> None:
         """A `save_pretrained` folder that `LlavaStudent.from_pretrained` reads."""
         self.student.save_pretrained(folder)
-
-
-class ProcessorImages:
-    """PIL images -> `(B, 3, H, W)` with a Hugging Face image processor (picklable, no model)."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 class TransformImages:

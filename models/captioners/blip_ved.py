@@ -1,12 +1,12 @@
-"""``Captioner``: one interface over Hugging Face image captioners (BLIP and VisionEncoderDecoder).
+"""``BlipVedCaptioner``: the trainable captioners, Hugging Face BLIP and VisionEncoderDecoder.
 
 The wrapper holds the HF model, its tokenizer and image processor, and gives the trainer, the
 bootstrapper and the evaluator what they need: ``preprocess``, ``loss`` (teacher-forced LM loss),
 ``generate`` (nucleus / beam / greedy, several captions per image), ``log_likelihood`` (sum of
-log p(text | image), used to score class names zero-shot) and ``save`` / ``load``. The bootstrap
-goes through ``input_builder`` (images -> a dict of tensors, in data-loader workers) and
-``caption`` (that dict -> captions), which the third kind, prompted VLMs
-(``models.vlm_captioner.PromptedCaptioner``), implements too.
+log p(text | image), used to score class names zero-shot) and ``save`` / ``load``: the
+``TrainableCaptioner`` protocol (`protocol.py`). The bootstrap goes through ``input_builder``
+(images -> a dict of tensors, in data-loader workers) and ``caption`` (that dict -> captions), as
+for every ``Captioner``.
 
 A saved folder is a plain ``save_pretrained`` folder: ``BlipForConditionalGeneration`` or
 ``VisionEncoderDecoderModel`` ``.from_pretrained(folder)``, ``AutoTokenizer`` and
@@ -41,16 +41,17 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
+from .generation import decoding_kwargs, seeded
+
 BLIP, VED = "blip", "vision-encoder-decoder"
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     BLIP: BlipForConditionalGeneration,
     VED: VisionEncoderDecoderModel,
 }
-DECODING_METHODS = ("nucleus", "beam", "greedy")
 
 
-class Captioner:
-    """An HF captioning model with its tokenizer and image processor.
+class BlipVedCaptioner:
+    """An HF captioning model (BLIP or VisionEncoderDecoder) with its tokenizer and image processor.
 
     ``model`` is the ``torch.nn.Module`` to train (``captioner.model.parameters()``); it may be
     replaced by a distributed wrapper (``accelerator.prepare``): ``loss`` goes through its forward,
@@ -58,8 +59,7 @@ class Captioner:
     """
 
     kind = "checkpoint"
-    inputs = "tensors"  # caption() reads input_builder()'s tensors (`models.captioner_protocol`)
-    trainable = True
+    inputs = "tensors"  # caption() reads input_builder()'s tensors (`protocol.Captioner.inputs`)
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any, max_length: int = 32):
         self.model = model
@@ -67,8 +67,6 @@ class Captioner:
         self.image_processor = image_processor
         self.max_length = max_length
         self.family = self._core().config.model_type
-        if self.family not in MODEL_CLASSES:
-            raise ValueError(f"unsupported captioner model_type {self.family!r}; expected one of {list(MODEL_CLASSES)}")
         self.bos_id, self.eos_id, self.pad_id = _special_ids(self._core())
 
     # ---- inputs -------------------------------------------------------------------------------
@@ -79,9 +77,7 @@ class Captioner:
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> normalized pixel tensor ``(B, 3, H, W)`` on the model's device."""
-        rgb = [im.convert("RGB") for im in images]
-        pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device)
+        return processor_pixels(self.image_processor, images).to(self.device)
 
     def input_builder(self) -> PixelInputs:
         """Images -> ``{"pixel_values": (B, 3, H, W)}`` on CPU; holds no model (data-loader workers)."""
@@ -173,16 +169,13 @@ class Captioner:
         beams; ``greedy``: one caption per image. ``seed`` makes sampling reproducible without
         touching the global RNG.
         """
-        kwargs = _decoding_kwargs(method, num_captions, top_p, num_beams)
+        kwargs = decoding_kwargs(method, num_captions, top_p, num_beams)
         kwargs.update(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
         if repetition_penalty != 1.0:
             kwargs["repetition_penalty"] = repetition_penalty
         if self.family == VED:  # BLIP's own generate sets these from its text config
             kwargs.update(eos_token_id=self.eos_id, pad_token_id=self.pad_id, decoder_start_token_id=self.bos_id)
-        devices = [pixel_values.device.index or 0] if pixel_values.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(pixel_values.device, seed):
             out = self._core().generate(pixel_values=pixel_values, **kwargs)  # (B * num_captions, L)
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return [texts[i : i + num_captions] for i in range(0, len(texts), num_captions)]
@@ -209,7 +202,7 @@ class Captioner:
         return path
 
     @classmethod
-    def load(cls, name_or_path: str | Path, max_length: int = 32, **model_kwargs: Any) -> Captioner:
+    def load(cls, name_or_path: str | Path, max_length: int = 32, **model_kwargs: Any) -> BlipVedCaptioner:
         """Load a captioner from a hub id or local folder (ours or a real checkpoint).
 
         ``model_kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype``, ``revision``).
@@ -240,6 +233,12 @@ class Captioner:
         return getattr(self.model, "module", self.model)
 
 
+def processor_pixels(image_processor: Any, images: list[Image.Image]) -> torch.Tensor:
+    """PIL images -> normalized pixel tensor ``(B, 3, H, W)`` on CPU, by one HF image processor."""
+    rgb = [im.convert("RGB") for im in images]
+    return image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
 class PixelInputs:
     """Images -> ``{"pixel_values": (B, 3, H, W)}`` with one image processor (BLIP, VED)."""
 
@@ -247,8 +246,7 @@ class PixelInputs:
         self.image_processor = image_processor
 
     def __call__(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        rgb = [im.convert("RGB") for im in images]
-        return {"pixel_values": self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]}
+        return {"pixel_values": processor_pixels(self.image_processor, images)}
 
 
 def _special_ids(model: PreTrainedModel) -> tuple[int, int, int]:
@@ -271,23 +269,6 @@ def _sequence_logprob(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     logp = torch.log_softmax(logits.float(), dim=-1)
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return (token_logp * mask).sum(dim=1)
-
-
-def _decoding_kwargs(method: str, num_captions: int, top_p: float, num_beams: int) -> dict[str, Any]:
-    """HF ``generate`` flags for one decoding method."""
-    if num_captions < 1:
-        raise ValueError(f"num_captions must be >= 1, got {num_captions}")
-    if method == "nucleus":
-        # top_k=0 turns off HF's default top-50 cut, so only top_p shapes the distribution.
-        return dict(do_sample=True, top_p=top_p, top_k=0, num_return_sequences=num_captions)
-    if method == "beam":
-        beams = max(num_beams, num_captions)
-        return dict(do_sample=False, num_beams=beams, num_return_sequences=num_captions, early_stopping=True)
-    if method == "greedy":
-        if num_captions != 1:
-            raise ValueError("greedy decoding gives one caption per image; use nucleus or beam for more")
-        return dict(do_sample=False, num_beams=1)
-    raise ValueError(f"unknown decoding method {method!r}; expected one of {DECODING_METHODS}")
 
 
 def _text_positions(config: Any) -> int | None:

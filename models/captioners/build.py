@@ -4,7 +4,8 @@ Registered configs are data: ``models/captioner_configs/<name>.json`` holds the 
 config overrides (``blip``: ``vision_config`` / ``text_config`` of a ``BlipConfig``;
 ``vision-encoder-decoder``: an ``encoder`` and a ``decoder`` config, each with its ``model_type``).
 Vocabulary size, special-token ids and text positions come from the word tokenizer built on the
-training captions, so a config never goes stale against its vocabulary.
+training captions, so a config never goes stale against its vocabulary. Any other checkpoint gets
+its class from its config's ``model_type``, in one place: ``captioner_class``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from transformers import (
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from .blip_ved import BLIP, MODEL_CLASSES, VED, Captioner
+from .blip_ved import BLIP, MODEL_CLASSES, VED, BlipVedCaptioner
 from ..specs import CaptionerSpec
 from ..tokenizers import BOS, PAD, SEP, build_word_tokenizer
-from .prompted_vlm import CaptionerLoadError, PromptedCaptioner, is_image_text_model
-from .protocol import read_prompt
+from .prompted_vlm import PromptedCaptioner
+from .protocol import Captioner, CaptionerLoadError, read_prompt
 
 CONFIG_DIR = Path(__file__).parent.parent / "captioner_configs"
 
@@ -50,13 +52,13 @@ def captioner_config(name: str) -> dict[str, Any]:
 
 
 def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = None,
-                    auto_dtype: str = "float32", run_dir: str | Path | None = None, device: Any = None) -> Any:
+                    auto_dtype: str = "float32", run_dir: str | Path | None = None, device: Any = None) -> Captioner:
     """Build the captioner a spec names.
 
     A registered name (``list_captioners()``) is built from scratch with a word tokenizer trained
     on ``train_captions`` (required then). Any other name is a hub id or local folder loaded with
     ``from_pretrained`` (``load_captioner``), e.g. ``CaptionerSpec(name="Salesforce/blip-image-captioning-base")``,
-    a folder written by ``Captioner.save``, or a prompted VLM. ``auto_dtype`` is what
+    a folder written by ``BlipVedCaptioner.save``, or a prompted VLM. ``auto_dtype`` is what
     ``spec.dtype="auto"`` means for a VLM here (the caller knows the device). ``spec.kind="endpoint"``
     is an OpenAI-compatible server (``EndpointCaptioner``); it keeps its answer cache and server
     logs under ``run_dir`` when the spec names no cache folder, and starts a managed server on the
@@ -81,10 +83,10 @@ def build_captioner(spec: CaptionerSpec, train_captions: Iterable[str] | None = 
             model, processor = _ved_from_scratch(cfg, tokenizer, image_size, spec.max_length)
         else:
             raise ValueError(f"{spec.name}: unknown family {cfg['family']!r}")
-    return Captioner(model, tokenizer, processor, max_length=spec.max_length)
+    return BlipVedCaptioner(model, tokenizer, processor, max_length=spec.max_length)
 
 
-def build_endpoint_captioner(spec: CaptionerSpec, run_dir: str | Path | None = None, device: Any = None) -> Any:
+def build_endpoint_captioner(spec: CaptionerSpec, run_dir: str | Path | None = None, device: Any = None) -> Captioner:
     """An ``EndpointCaptioner`` for ``spec`` (starting its server when the spec says vllm / sglang)."""
     from .endpoint import EndpointCaptioner
 
@@ -97,26 +99,45 @@ def build_endpoint_captioner(spec: CaptionerSpec, run_dir: str | Path | None = N
         raise CaptionerLoadError(str(exn)) from exn
 
 
-def load_captioner(spec: CaptionerSpec, auto_dtype: str = "float32") -> Captioner:
-    """A saved or hub captioner, its kind read from its config (transformers' Auto mappings).
+def captioner_class(model_type: str | None) -> type[BlipVedCaptioner] | type[PromptedCaptioner] | None:
+    """The captioner class of a checkpoint's ``model_type`` (None: no captioner).
 
-    Raises ``CaptionerLoadError`` for a checkpoint that is no captioner, before loading weights.
+    BLIP-1 and VisionEncoderDecoder are ours and trainable; any other model of transformers'
+    image-text-to-text Auto mapping is a prompted VLM. BLIP and VisionEncoderDecoder are in that
+    mapping too: they are looked up first.
+    """
+    if model_type in MODEL_CLASSES:
+        return BlipVedCaptioner
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return PromptedCaptioner
+    return None
+
+
+def load_captioner(spec: CaptionerSpec, auto_dtype: str = "float32") -> Captioner:
+    """A saved or hub captioner, its class read from its config (``captioner_class``).
+
+    Raises ``CaptionerLoadError`` for a checkpoint that is no captioner, or a prompt that cannot be
+    read, before loading weights.
     """
     try:
         config = AutoConfig.from_pretrained(spec.name, **({"revision": spec.revision} if spec.revision else {}))
     except (OSError, ValueError) as exn:
         raise CaptionerLoadError(f"captioner {spec.name!r}: no transformers checkpoint there ({exn})") from exn
-    if config.model_type in MODEL_CLASSES:  # BLIP-1 and VisionEncoderDecoder: ours, trainable
-        return Captioner.load(spec.name, max_length=spec.max_length)
-    if not is_image_text_model(config):
+    family = captioner_class(config.model_type)
+    if family is None:
         raise CaptionerLoadError(
             f"captioner {spec.name!r} is a {config.model_type!r} checkpoint ({', '.join(config.architectures or [])}), "
             "not an image-text model: expected BLIP, VisionEncoderDecoder or a model of "
             "AutoModelForImageTextToText (BLIP-2, LLaVA, Qwen2-VL, SmolVLM, PaliGemma, ...)")
+    if family is BlipVedCaptioner:
+        return BlipVedCaptioner.load(spec.name, max_length=spec.max_length)
     dtype = auto_dtype if spec.dtype == "auto" else spec.dtype
-    return PromptedCaptioner.load(spec.name, prompt=read_prompt(spec.prompt, spec.prompt_file),
-                                  chat_template=spec.chat_template, dtype=dtype, device_map=spec.device_map,
-                                  revision=spec.revision)
+    try:
+        prompt = read_prompt(spec.prompt, spec.prompt_file)
+    except ValueError as exn:  # the prompt and the prompt file disagree
+        raise CaptionerLoadError(str(exn)) from exn
+    return PromptedCaptioner.load(spec.name, prompt=prompt, chat_template=spec.chat_template, dtype=dtype,
+                                  device_map=spec.device_map, revision=spec.revision)
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:

@@ -72,7 +72,6 @@ class EndpointCaptioner:
 
     kind = "endpoint"
     inputs = "encoded"  # caption() reads `EncodedImage`s (original bytes), not tensors
-    trainable = False
 
     def __init__(self, spec: EndpointSpec, model: str, prompt: str, cache_dir: str | Path | None = None,
                  log_dir: str | Path | None = None, device: str | None = None) -> None:

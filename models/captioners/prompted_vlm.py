@@ -2,8 +2,12 @@
 
 BLIP-2, LLaVA, Qwen2-VL, SmolVLM / Idefics3, PaliGemma, Florence-2 ... load with ``AutoProcessor`` +
 ``AutoModelForImageTextToText`` (transformers 5.x has no ``AutoModelForVision2Seq``), from a hub id
-or a ``save_pretrained`` folder. Which loader applies is read from the checkpoint's own config
-(``model_type`` in transformers' ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``), never from its name.
+or a ``save_pretrained`` folder. Which checkpoints load here is read from their own config
+(``captioner_class`` in `build.py`), never from their name.
+
+It implements ``Captioner`` (`protocol.py`), not ``TrainableCaptioner``: it captions (bootstrap,
+captioning evaluation); teacher-forced training and likelihood scoring stay with BLIP and
+VisionEncoderDecoder (`blip_ved.py`).
 
 How a batch is captioned, and why:
 - the prompt is rendered once: through the processor's chat template when it has one
@@ -29,23 +33,13 @@ from typing import Any, Mapping
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, GenerationConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
-from .blip_ved import Captioner, _decoding_kwargs
-from .protocol import MARKUP
+from .generation import decoding_kwargs, seeded
+from .protocol import MARKUP, CaptionerLoadError
 
 CHAT_TEMPLATES = ("auto", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CaptionerLoadError(ValueError):
-    """A checkpoint, processor or prompt that cannot caption; raised before any image is read."""
-
-
-def is_image_text_model(config: Any) -> bool:
-    """Whether transformers' image-text-to-text Auto mapping knows this config's ``model_type``."""
-    return getattr(config, "model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 class PromptedInputs:
@@ -64,16 +58,15 @@ class PromptedInputs:
         return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor) and k != "labels"}
 
 
-class PromptedCaptioner(Captioner):
-    """A prompted VLM behind the ``Captioner`` interface: ``input_builder``, ``caption``, ``save``.
+class PromptedCaptioner:
+    """A prompted VLM behind the ``Captioner`` protocol: ``input_builder``, ``caption``, ``save``.
 
-    It captions (bootstrap); teacher-forced training and scoring (``loss``, ``log_likelihood``)
-    stay with the BLIP and VisionEncoderDecoder captioners.
+    It has no ``loss`` or ``log_likelihood``, so ``require_trainable`` refuses it for training and
+    likelihood scoring.
     """
 
     kind = "prompted"
     inputs = "tensors"
-    trainable = False  # `models.captioner_protocol.require_trainable` refuses it for training
 
     def __init__(self, model: Any, processor: Any, prompt: str | None = None, chat_template: str = "auto",
                  source: str = "", revision: str | None = None) -> None:
@@ -83,7 +76,6 @@ class PromptedCaptioner(Captioner):
         self.tokenizer = processor.tokenizer
         self.image_processor = getattr(processor, "image_processor", None)
         self.family = model.config.model_type
-        self.max_length = 0  # no teacher-forced texts: decoding.max_new_tokens bounds captions
         self.prompt = (prompt or "").strip()
         template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         self.template = template if chat_template == "auto" else None
@@ -122,20 +114,15 @@ class PromptedCaptioner(Captioner):
         """The per-batch preprocessing to run in data-loader workers."""
         return PromptedInputs(self.processor, self.text)
 
-    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """PIL images -> the processor's tensors, on the model's device."""
-        return {k: v.to(self.device) for k, v in self.input_builder()(images).items()}
-
     # ---- generation ----------------------------------------------------------------------------
     def _generation_config(self, **decoding: Any) -> GenerationConfig:
         """Only the decoding asked for, plus the checkpoint's special ids (see the module docstring)."""
-        core = self._core()
-        own, text = core.generation_config, core.config.get_text_config()
+        own, text = self.model.generation_config, self.model.config.get_text_config()
         # token structure, not sampling: encoder-decoders' start and forced tokens (BART-based Florence-2)
         ids = {k: getattr(own, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id",
                                                   "decoder_start_token_id", "forced_bos_token_id",
                                                   "forced_eos_token_id")}
-        if ids["decoder_start_token_id"] is None and core.config.is_encoder_decoder:
+        if ids["decoder_start_token_id"] is None and self.model.config.is_encoder_decoder:
             ids["decoder_start_token_id"] = getattr(text, "decoder_start_token_id", None)
         if ids["pad_token_id"] is None:
             ids["pad_token_id"] = self.tokenizer.pad_token_id
@@ -148,27 +135,18 @@ class PromptedCaptioner(Captioner):
                 top_p: float = 0.9, num_beams: int = 3, max_new_tokens: int = 20, min_new_tokens: int = 0,
                 repetition_penalty: float = 1.0, seed: int | None = None) -> list[list[str]]:
         """``num_captions`` captions per image of ``inputs`` (from ``input_builder``), prompt removed."""
-        kwargs = _decoding_kwargs(method, num_captions, top_p, num_beams)
+        kwargs = decoding_kwargs(method, num_captions, top_p, num_beams)
         if method == "nucleus":
             kwargs["temperature"] = 1.0
         gen = self._generation_config(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                       repetition_penalty=repetition_penalty, **kwargs)
-        core = self._core()
-        dtype = next(core.parameters()).dtype
-        batch = {k: v.to(core.device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
-        devices = [core.device.index or 0] if core.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = core.generate(**batch, generation_config=gen)  # (B * num_captions, L)
+        model = self.model
+        dtype = next(model.parameters()).dtype
+        batch = {k: v.to(model.device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        with seeded(model.device, seed):
+            out = model.generate(**batch, generation_config=gen)  # (B * num_captions, L)
         texts = self.decode(out, batch["input_ids"].repeat_interleave(num_captions, dim=0))
         return [texts[i: i + num_captions] for i in range(0, len(texts), num_captions)]
-
-    def generate(self, pixel_values: Any, **decoding: Any) -> list[list[str]]:
-        """``caption`` for the interface's callers: here ``pixel_values`` is ``input_builder``'s dict."""
-        if not isinstance(pixel_values, Mapping):
-            raise TypeError("a prompted captioner generates from input_builder()'s dict (input_ids, pixel_values...)")
-        return self.caption(pixel_values, **decoding)
 
     def decode(self, out: torch.Tensor, prompt_ids: torch.Tensor) -> list[str]:
         """Generated ids ``(R, L)`` -> texts, without the prompt columns and without markup tokens."""
@@ -179,17 +157,6 @@ class PromptedCaptioner(Captioner):
         for row in out.tolist():
             rows.append([t for t in row if t not in self._markup_ids])
         return [t.strip() for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
-
-    # ---- what the interface cannot give a prompted VLM -------------------------------------------
-    def loss(self, pixel_values: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        raise NotImplementedError(f"{self.family}: prompted VLM captioners caption (bootstrap); train a BLIP or "
-                                  "VisionEncoderDecoder captioner with `mmw2s train task=captioner`")
-
-    def log_likelihood(self, pixel_values: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError(f"{self.family}: zero-shot scoring by likelihood needs a BLIP or "
-                                  "VisionEncoderDecoder captioner")
-
-    log_likelihood_matrix = log_likelihood
 
     # ---- provenance and persistence --------------------------------------------------------------
     def provenance(self) -> dict:
@@ -203,20 +170,21 @@ class PromptedCaptioner(Captioner):
     def save(self, path: str | Path) -> Path:
         """``save_pretrained`` of the model and its processor (loads back with the Auto classes)."""
         path = Path(path)
-        self._core().save_pretrained(path)
+        self.model.save_pretrained(path)
         self.processor.save_pretrained(path)
         return path
+
+    def close(self) -> None:
+        """Nothing held outside this process."""
 
     @classmethod
     def load(cls, name_or_path: str | Path, prompt: str | None = None, chat_template: str = "auto",
              dtype: str = "float32", device_map: str | None = None, revision: str | None = None) -> PromptedCaptioner:
-        """Load a prompted VLM by hub id or folder; raises ``CaptionerLoadError`` for what cannot caption."""
+        """Load a prompted VLM by hub id or folder; raises ``CaptionerLoadError`` for what cannot caption.
+
+        The checkpoint's kind is not checked here: ``build.load_captioner`` sends only image-text models.
+        """
         source = str(name_or_path)
-        config = AutoConfig.from_pretrained(source, revision=revision)
-        if not is_image_text_model(config):
-            raise CaptionerLoadError(
-                f"{source} is a {config.model_type!r} checkpoint ({', '.join(config.architectures or [])}), not an "
-                "image-text model: transformers' AutoModelForImageTextToText does not load it")
         if dtype not in DTYPES:
             raise CaptionerLoadError(f"captioner.dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
         try:

@@ -3,8 +3,10 @@
 ``Captioner`` is what the bootstrap calls: ``input_builder`` (preprocessing that runs in data-loader
 workers, or None when the captioner reads the images' original bytes), ``caption``, ``provenance``,
 ``save`` and ``close``. ``TrainableCaptioner`` adds what training and likelihood scoring call
-(``loss``, ``log_likelihood``): BLIP and VisionEncoderDecoder have it; prompted VLMs and endpoints
-do not, and ``require_trainable`` says so by name instead of failing deep inside a loop.
+(``preprocess``, ``encode_texts``, ``loss``, ``log_likelihood``, ``log_likelihood_matrix``): BLIP and
+VisionEncoderDecoder have it (`blip_ved.BlipVedCaptioner`); prompted VLMs
+(`prompted_vlm.PromptedCaptioner`) and endpoints (`endpoint.EndpointCaptioner`) do not, and
+``require_trainable`` says so by name instead of failing deep inside a loop.
 
 Light on purpose (no torch import): config schemas and the bootstrap stages import it.
 """
@@ -74,7 +76,16 @@ class Captioner(Protocol):
 
 @runtime_checkable
 class TrainableCaptioner(Captioner, Protocol):
-    """A captioner that training (``loss``) and zero-shot likelihood scoring can use."""
+    """A captioner that training (``loss``) and zero-shot likelihood scoring can use.
+
+    ``pixel_values`` is ``preprocess(images)``: the images' pixel tensor on the model's device.
+    """
+
+    def preprocess(self, images: list) -> Any:
+        """Images -> ``(B, 3, H, W)`` pixel values on the model's device."""
+
+    def encode_texts(self, texts: list[str]) -> tuple[Any, Any]:
+        """Texts -> token ids and mask ``(B, T)``, as ``loss`` and ``log_likelihood`` read them."""
 
     def loss(self, pixel_values: Any, captions: list[str]) -> Any:
         """Mean teacher-forced cross-entropy of ``captions`` given the images."""
@@ -82,14 +93,21 @@ class TrainableCaptioner(Captioner, Protocol):
     def log_likelihood(self, pixel_values: Any, texts: list[str]) -> Any:
         """``(B,)``: log p(text_i | image_i)."""
 
+    def log_likelihood_matrix(self, pixel_values: Any, texts: list[str]) -> Any:
+        """``(B, K)``: log p(text_k | image_b) for every image and every text."""
+
 
 class NotTrainableError(TypeError):
     """A stage that trains or scores likelihoods was handed a captioner that only captions."""
 
 
-def require_trainable(captioner: Any, what: str) -> Any:
+class CaptionerLoadError(ValueError):
+    """A checkpoint, processor, prompt or server that cannot caption; raised before any image is read."""
+
+
+def require_trainable(captioner: Any, what: str) -> TrainableCaptioner:
     """``captioner`` itself when it can be trained and score likelihoods; else a clear error."""
-    if isinstance(captioner, TrainableCaptioner) and getattr(captioner, "trainable", True):
+    if isinstance(captioner, TrainableCaptioner):
         return captioner
     kind = getattr(captioner, "kind", type(captioner).__name__)
     raise NotTrainableError(f"{what} needs a trainable captioner (BLIP or VisionEncoderDecoder, with loss and "

@@ -1,14 +1,17 @@
 """The caption-filter protocol and its factory: CLIP score, BLIP ITM or BLIP ITC, interchangeably.
 
-A filter is anything with ``preprocess(images) -> pixel tensor`` and
-``score(images_or_pixels, texts) -> FloatTensor[B]`` (higher = better match of image i with
-text i). ``DualEncoder`` (CLIP score, cosine in [-1, 1]) and ``BlipItmFilter`` (ITM probability in
-[0, 1] or ITC cosine) both are one. Thresholds are not comparable across kinds of score.
+A filter (``CaptionFilter``) scores (image, caption) pairs, higher = better match. ``DualEncoder``
+(CLIP score, cosine in [-1, 1]) and ``BlipItmFilter`` (ITM probability in [0, 1] or ITC cosine)
+both are one. Thresholds are not comparable across kinds of score.
+
+``score_candidates`` scores several candidate captions per image (a web caption and N synthetic
+ones), each image encoded ONCE for all its candidates: repeating the image per candidate would
+multiply the vision tower's cost by N + 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -23,13 +26,29 @@ from ..specs import DualEncoderSpec, ItmSpec
 class CaptionFilter(Protocol):
     """What the bootstrap stage needs from a filter."""
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> this filter's pixel tensor ``(B, 3, H, W)``."""
+    mode: str  # the kind of score: "clip" (cosine), "itm" (match probability) or "itc" (cosine)
+    name: str  # the filter's checkpoint as its spec names it, for provenance
+    device: torch.device
+
+    def input_builder(self) -> Callable[[list[Image.Image]], torch.Tensor]:
+        """PIL images -> CPU pixel tensor ``(B, 3, H, W)``; holds no model (runs in data-loader workers)."""
         ...
 
-    def score(self, images: list[Image.Image] | torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """``(B,)`` match score of image i with text i; higher is better."""
+    def score_grouped(
+        self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor
+    ) -> tuple[torch.Tensor, list[bool]]:
+        """``(T,)`` score of text t with image ``owner[t]`` (each image encoded once), and per text
+        whether it was cut to the filter's text length."""
         ...
+
+
+class ScoredRows(list):
+    """Scores per image (a list of lists: one score per candidate), plus ``truncated``: per image,
+    for each candidate, whether the filter saw it cut to its text length."""
+
+    def __init__(self, rows: list[list[float]], truncated: list[list[bool]]):
+        super().__init__(rows)
+        self.truncated = truncated
 
 
 def build_filter(
@@ -48,24 +67,27 @@ def build_filter(
 
 @torch.no_grad()
 def score_candidates(
-    flt: CaptionFilter, images: list[Image.Image], candidates: list[list[str]]
-) -> list[list[float]]:
+    flt: CaptionFilter, images: list[Image.Image] | torch.Tensor, candidates: list[list[str]]
+) -> ScoredRows:
     """Score several candidate captions per image (e.g. the web caption and N synthetic ones).
 
-    Each image is preprocessed once and its pixels repeated for its candidates; returns, per
-    image, one score per candidate in the given order.
+    ``images`` are PIL images or the pixels of ``flt.input_builder()`` on ``flt.device``. Returns,
+    per image, one score per candidate in the given order (and which candidates were truncated).
+    Autocast, if wanted, is the caller's.
     """
     if len(images) != len(candidates):
         raise ValueError(f"{len(images)} images but {len(candidates)} candidate lists")
-    counts = torch.tensor([len(c) for c in candidates])
-    if int(counts.sum()) == 0:
-        return [[] for _ in candidates]
-    pixels = flt.preprocess(images)  # (B, 3, H, W)
-    repeated = pixels.repeat_interleave(counts.to(pixels.device), dim=0)  # (sum(counts), 3, H, W)
+    if not any(candidates):
+        return ScoredRows([[] for _ in candidates], [[] for _ in candidates])
+    pixels = images if isinstance(images, torch.Tensor) else flt.input_builder()(images).to(flt.device)
+    counts = torch.tensor([len(c) for c in candidates], device=pixels.device)
+    owner = torch.repeat_interleave(torch.arange(len(candidates), device=pixels.device), counts)  # (T,)
     flat = [text for group in candidates for text in group]
-    scores = flt.score(repeated, flat).float().cpu().tolist()
-    out, start = [], 0
+    scores, cut = flt.score_grouped(pixels, flat, owner)
+    values = scores.float().cpu().tolist()
+    rows, truncated, start = [], [], 0
     for n in counts.tolist():
-        out.append(scores[start : start + n])
+        rows.append(values[start : start + n])
+        truncated.append(cut[start : start + n])
         start += n
-    return out
+    return ScoredRows(rows, truncated)

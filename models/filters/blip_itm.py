@@ -41,7 +41,8 @@ ITC_TEMPERATURE = 0.07  # BLIP's initial ITC temperature; HF's retrieval model c
 class BlipItmFilter:
     """Scores (image, text) pairs with BLIP's ITM or ITC head; higher is a better match."""
 
-    def __init__(self, model: BlipForImageTextRetrieval, tokenizer, image_processor, mode: str = "itm", max_length: int = 32):
+    def __init__(self, model: BlipForImageTextRetrieval, tokenizer, image_processor, mode: str = "itm", max_length: int = 32,
+                 name: str = ""):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model = model
@@ -49,16 +50,20 @@ class BlipItmFilter:
         self.image_processor = image_processor
         self.mode = mode
         self.max_length = max_length
+        self.name = name  # the hub id, folder or registered config it was built from (provenance)
 
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
 
+    def input_builder(self) -> ProcessorPixels:
+        """PIL images -> CPU pixel tensor ``(B, 3, H, W)``; holds no model (data-loader workers)."""
+        return ProcessorPixels(self.image_processor)
+
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> pixel tensor ``(B, 3, H, W)`` on the model's device."""
-        pixels = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-        return pixels["pixel_values"].to(self.device)
+        return self.input_builder()(images).to(self.device)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` / ``attention_mask`` ``(B, T)`` with the tokenizer's own special tokens."""
@@ -76,6 +81,46 @@ class BlipItmFilter:
     def itc_similarity(self, pixel_values: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """``(B_images, B_texts)`` cosine similarities of every image with every text."""
         return self.model(pixel_values=pixel_values, use_itm_head=False, **self.tokenize(texts)).itm_score
+
+    def image_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` the vision tower's patch states, what the ITM text encoder attends to."""
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def match_logits(self, states: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, 2)`` no-match / match logits of text i over image states i.
+
+        The second half of ``BlipForImageTextRetrieval.forward(use_itm_head=True)``: given the
+        states, an image is encoded once however many texts it is matched with.
+        """
+        atts = torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)  # (B, N)
+        hidden = self.model.text_encoder(**tokens, encoder_hidden_states=states,
+                                         encoder_attention_mask=atts).last_hidden_state  # (B, L, D)
+        return self.model.itm_head(hidden[:, 0, :])
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` ITC image features: the projected [CLS] state of the vision tower, normalised."""
+        states = self.image_states(pixel_values)
+        return F.normalize(self.model.vision_proj(states[:, 0, :]).float(), dim=-1)
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """``(B, D)`` ITC text features: the projected [CLS] state of the text tower (no image), normalised."""
+        tokens = self.tokenize(texts)
+        hidden = self.model.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        return F.normalize(self.model.text_proj(hidden.last_hidden_state[:, 0, :]).float(), dim=-1)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Per text, whether ``tokenize`` cuts it to ``max_length`` tokens."""
+        return [len(ids) > self.max_length for ids in self.tokenizer(list(texts))["input_ids"]]
+
+    def score_grouped(self, pixels: torch.Tensor, texts: list[str], owner: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        """``(T,)`` score of text t with image ``owner[t]``, each image through the ViT once, and
+        which texts were truncated (see ``CaptionFilter``)."""
+        if self.mode == "itc":
+            scores = self.itc_similarity(pixels, texts)[owner, torch.arange(len(texts))]  # (T,)
+        else:
+            states = self.image_states(pixels)[owner]  # (T, N, D)
+            scores = self.match_logits(states, self.tokenize(texts)).float().softmax(dim=-1)[:, 1]  # (T,)
+        return scores, self.truncated(texts)
 
     @torch.no_grad()
     def score(self, images: list[Image.Image] | torch.Tensor, texts: list[str], mode: str | None = None) -> torch.Tensor:
@@ -117,7 +162,7 @@ class BlipItmFilter:
         model = BlipForImageTextRetrieval.from_pretrained(name_or_path).eval()
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        return cls(model, tokenizer, image_processor, mode=mode, max_length=max_length)
+        return cls(model, tokenizer, image_processor, mode=mode, max_length=max_length, name=str(name_or_path))
 
 
 def build_itm_filter(spec: ItmSpec, train_captions: Iterable[str] | None = None) -> BlipItmFilter:
@@ -144,4 +189,15 @@ def build_itm_filter(spec: ItmSpec, train_captions: Iterable[str] | None = None)
         torch.manual_seed(spec.seed)
         model = BlipForImageTextRetrieval(BlipConfig(vision_config=vision, text_config=text, **extra))
     processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
-    return BlipItmFilter(model, tokenizer, processor, mode=spec.mode, max_length=spec.max_length)
+    return BlipItmFilter(model, tokenizer, processor, mode=spec.mode, max_length=spec.max_length, name=spec.name)
+
+
+class ProcessorPixels:
+    """PIL images -> ``(B, 3, H, W)`` CPU pixels with one HF image processor; picklable, no model."""
+
+    def __init__(self, image_processor) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        rgb = [im.convert("RGB") for im in images]
+        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmw2s.bootstrap.config import BootstrapConfig
+from mmw2s.bootstrap.pipeline import OutputSample
 from mmw2s.errors import StageError
 from mmw2s.bootstrap.shard import (ShardJob, bootstrap_shards, cpu_threads, expected_samples, is_done,
                                    unreadable_shards)
@@ -82,9 +83,9 @@ class LocalEngine:
         bar = progress_bar(todo, self.cfg.progress and self.state.is_local_main_process)
         counts = {"images": 0, "kept": 0}
 
-        def count(sample: dict) -> None:
+        def count(sample: OutputSample) -> None:
             counts["images"] += 1
-            counts["kept"] += not sample["json"]["mmw2s"]["nothing_kept"]
+            counts["kept"] += not sample.json["mmw2s"]["nothing_kept"]
             bar.update(1)
             if counts["images"] % 64 == 0:  # cheap enough: the bar redraws at most ~10 times a second anyway
                 bar.set_postfix(kept=f"{counts['kept'] / counts['images']:.1%}", refresh=False)
