@@ -326,7 +326,7 @@ def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[Event]:
             try:
                 source.close()
             except Exception as exn:  # noqa: BLE001 - e.g. a `pipe:` command that exited non-zero
-                end.unreadable = end.unreadable or _describe(exn)
+                _name_source_failure(end, _describe(exn))
     end.skipped = dict(skipped)
     end.damaged = "; ".join(errors) or None
     if end.unreadable:
@@ -336,6 +336,16 @@ def _attempt(url: str, limits: ReadLimits, end: ShardEnd) -> Iterator[Event]:
     if skipped:
         log.warning("shard %s: skipped %s", url, dict(skipped))
     yield end
+
+
+def _name_source_failure(end: ShardEnd, failure: str) -> None:
+    """Record why the source failed on closing (a `pipe:` command's exit status). It is the cause of
+    whatever reading saw before (an "empty file" is what a failed command leaves), and whether
+    reading saw it first depends on when the command exited: so it is always named."""
+    if not end.unreadable:
+        end.unreadable = failure
+    elif failure not in end.unreadable:
+        end.unreadable = f"{end.unreadable} ({failure})"
 
 
 def _read(source: Any, url: str, limits: ReadLimits, end: ShardEnd,

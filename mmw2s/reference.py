@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mmw2s.commands import COMMANDS, Command
+from mmw2s.report.tables import markdown_table
 from mmw2s.schema import REQUIRED, walk
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs" / "reference"
@@ -63,11 +64,9 @@ def command_page(command: Command) -> str:
         lines += ["A key marked *mapping* is a section that holds another stage's keys. Its keys are "
                   "listed below it once, with that stage's own defaults (the run sets some of them, as "
                   "its help says); a later section of the same stage refers to the first.", ""]
-    lines += ["| key | type | default | allowed values | help |", "|---|---|---|---|---|"]
-    for r in rows:
-        allowed = ", ".join(_code(v) for v in r.allowed)
-        key = f"**`{r.key}`**" if r.section else f"`{r.key}`"
-        lines.append(f"| {key} | {_text(r.type)} | {_code(r.default)} | {allowed} | {_text(r.help)} |")
+    cells = [[f"**`{r.key}`**" if r.section else f"`{r.key}`", _text(r.type), _code(r.default),
+              ", ".join(_code(v) for v in r.allowed), _text(r.help)] for r in rows]
+    lines.append(markdown_table(["key", "type", "default", "allowed values", "help"], cells))
     return "\n".join(lines) + "\n"
 
 
@@ -75,10 +74,10 @@ def index_page() -> str:
     """The reference's index: one line per command."""
     lines = [GENERATED, "", "# Config keys", "",
              "One page per stage, generated from the config schemas (`python -m mmw2s.reference`). "
-             "A config file may start from another with a top-level `base: other.yaml`.", "",
-             "| stage | what it does | default config |", "|---|---|---|"]
-    for c in COMMANDS.values():
-        lines.append(f"| [`mmw2s {c.name}`]({c.name}.md) | {_cell(c.summary)} | `configs/{c.default_config}` |")
+             "A config file may start from another with a top-level `base: other.yaml`.", ""]
+    cells = [[f"[`mmw2s {c.name}`]({c.name}.md)", _cell(c.summary), f"`configs/{c.default_config}`"]
+             for c in COMMANDS.values()]
+    lines.append(markdown_table(["stage", "what it does", "default config"], cells))
     return "\n".join(lines) + "\n"
 
 
