@@ -30,7 +30,7 @@ import numpy as np
 from mmw2s.data_pipelines.loader import iter_samples
 from mmw2s.data_pipelines.sample_decode import ReadLimits
 from mmw2s.data_pipelines.tar_reader import shard_name
-from mmw2s.data_pipelines.world.vocab import COLORS, POSITIONS, RELATION_PHRASE, SHAPES, SIZES
+from mmw2s.data_pipelines.world.vocab import COLORS, RELATION_PHRASE, SHAPES, SIZES
 
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "position", "relation")
 # LLaVA-1.5's instruction for short-answer VQA; the student sees it at training and evaluation.
@@ -254,8 +254,3 @@ def parse_question(question: str) -> dict[str, Any] | None:
             return {"type": qtype, "ref": ref}
         return {"type": qtype, "ref": parse_ref(m["ref"])}
     return None
-
-
-def is_position(text: str) -> bool:
-    """Whether ``text`` names one of the world's grid positions."""
-    return normalize_answer(text) in POSITIONS

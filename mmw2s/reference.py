@@ -5,11 +5,8 @@ type, default, allowed values and help) and `docs/reference/index.md`; `--check`
 committed pages differ from what it would write (a test runs it, so a changed schema without
 regenerated pages fails).
 
-A `dict[str, Any]` field whose metadata has `keys_of` (a command name, or `module:Class`) is a section
-that holds that schema's keys: the sections of `mmw2s run`. `keys_under` names sub-sections that
-each hold them (`llava_student.stage1`). A schema is expanded at its first section only; later
-sections of the same schema refer to it, so `mmw2s run --help` lists the train keys once, not seven
-times.
+The rows come from `mmw2s.schema.walk`, which also expands the sections of `mmw2s run` (fields
+with `keys_of` metadata) into the keys of the schema they hold.
 """
 from __future__ import annotations
 

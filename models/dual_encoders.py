@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import pretrained_towers
 from . import timm_towers  # noqa: F401  (registers the mmw2s_convnet_* towers in timm)
+from .image_inputs import TransformPixels
 from .specs import DualEncoderSpec
 
 log = logging.getLogger(__name__)
@@ -244,25 +245,7 @@ def build_dual_encoder(spec: DualEncoderSpec, device: str | torch.device = "cpu"
                        pretrained=spec.pretrained)
 
 
-class TransformPixels:
-    """PIL images -> ``(B, 3, H, W)`` CPU pixels with one per-image transform (open_clip's); no model."""
-
-    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.transform = transform
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(im.convert("RGB")) for im in images])
-
-
 def _pad_id(tokenizer: Any) -> int:
     """open_clip's padding id: 0 for its own BPE tokenizer, the HF tokenizer's for `hf-hub:` towers."""
     pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
     return pad if isinstance(pad, int) else 0
-
-
-def parameter_counts(dual: DualEncoder) -> dict[str, int]:
-    """Parameters of the whole model and of each tower, for logs and reports."""
-    named = list(dual._core().named_parameters())
-    vision = sum(p.numel() for n, p in named if n.startswith("visual."))
-    text = sum(p.numel() for n, p in named if not n.startswith(("visual.", "logit_")))
-    return {"total": sum(p.numel() for _, p in named), "vision": vision, "text": text}

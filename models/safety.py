@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from .image_inputs import ProcessorPixels
+
 
 @dataclass
 class SafetyScores:
@@ -50,9 +52,13 @@ class SafetyClassifier:
         processor = AutoImageProcessor.from_pretrained(name_or_path, **options)
         return cls(model, processor, unsafe_labels, name=str(name_or_path))
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+    def input_builder(self) -> ProcessorPixels:
         """PIL images -> the checkpoint's pixel tensor `(B, 3, H, W)` on CPU (data-loader workers)."""
-        return self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return ProcessorPixels(self.image_processor)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> the checkpoint's pixel tensor `(B, 3, H, W)` on CPU."""
+        return self.input_builder()(images)
 
     @torch.inference_mode()
     def score(self, pixel_values: torch.Tensor) -> SafetyScores:

@@ -311,7 +311,7 @@ def test_command_line_and_serving(site, tmp_path, capsys):
 def experiment_folder(run: Path, tmp_path: Path) -> tuple[Path, list]:
     """An experiment folder with a report.md (a table, a plot, hostile HTML, a sub-report link),
     and one variant whose seed 0 bootstrapped into `run`."""
-    from types import SimpleNamespace as Step  # the fields of mmw2s.experiment.plan.Step it reads
+    from types import SimpleNamespace as Step  # the fields of mmw2s.experiment.planner.Step it reads
 
     out = tmp_path / "exp"
     (out / "sweep" / "00-a").mkdir(parents=True)

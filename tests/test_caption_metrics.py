@@ -294,7 +294,8 @@ def _eval_config(root: Path, out: Path, benchmarks: list[str]):
 
 
 def test_export_writes_both_forms_with_every_gold_caption(exported):
-    from mmw2s.data_pipelines.benchmarks import load_world_test, paraphrases
+    from mmw2s.data_pipelines.benchmarks import load_world_test
+    from mmw2s.data_pipelines.world.scene import paraphrases
 
     root, folders = exported
     coco = json.loads((Path(folders["captioning_coco"]) / "captions_test.json").read_text())

@@ -17,7 +17,8 @@ from PIL import Image
 
 from mmw2s.data_pipelines import is_complete, iter_samples, ReadLimits
 from mmw2s.models.captioners.protocol import EncodedImage, NotTrainableError, require_trainable
-from mmw2s.models.captioners.endpoint import EndpointCaptioner, EndpointError, decoding_params
+from mmw2s.models.captioners.endpoint import EndpointCaptioner, decoding_params
+from mmw2s.models.endpoint_session import EndpointError
 from mmw2s.models.endpoint_server import ServerStartError
 from mmw2s.models.specs import CaptionerSpec, EndpointSpec
 from tests.fake_openai_server import FakeOpenAI, fake_caption

@@ -12,7 +12,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mmw2s.data_pipelines.benchmarks import CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example  # noqa: E402
+from mmw2s.data_pipelines.benchmark_types import CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example  # noqa: E402
 from mmw2s.config import ConfigError, load_config  # noqa: E402
 from mmw2s.evaluate import metrics as M  # noqa: E402
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig  # noqa: E402

@@ -120,15 +120,15 @@ def test_a_resumed_run_reports_the_seconds_of_the_invocation_that_finished_each_
     import time
 
     from mmw2s.experiment import run as run_module
-    from mmw2s.experiment import worker as stages
-    from mmw2s.experiment.plan import Step
+    from mmw2s.experiment import worker
+    from mmw2s.experiment.planner import Step
 
     def fake_train(step):  # does its work once, then finds it complete (as the real stages do)
         if not (step.out / "final").exists():
             time.sleep(0.3)
             (step.out / "final").mkdir(parents=True)
 
-    monkeypatch.setitem(stages.RUNNERS, "train", fake_train)
+    monkeypatch.setitem(worker.RUNNERS, "train", fake_train)
     steps = {0: [Step("student", "train", None, tmp_path / "student-1234")]}
     first = run_module.run_all(steps, jobs=1)[0]
     assert first["student"]["wall_s"] >= 0.3

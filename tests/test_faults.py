@@ -346,7 +346,8 @@ def test_a_full_disk_names_the_shard(world, tiny_models, tmp_path):
 
 def bad_benchmarks(tmp_path: Path) -> dict[str, Path]:
     """CLIP_benchmark folders, each broken in one way."""
-    from mmw2s.data_pipelines.benchmarks import CLASSIFICATION, Benchmark, Example, write_wds_benchmark
+    from mmw2s.data_pipelines.benchmarks import write_wds_benchmark
+    from mmw2s.data_pipelines.benchmark_types import CLASSIFICATION, Benchmark, Example
     from PIL import Image
 
     examples = [Example(Image.new("RGB", (8, 8), c), f"{i}", label=i) for i, c in enumerate(["red", "blue"])]

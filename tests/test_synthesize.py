@@ -21,7 +21,7 @@ from mmw2s.errors import StageError
 from mmw2s.config import load_config
 from mmw2s.synthesize.answers import answer_from_caption
 from mmw2s.synthesize.backends import ApiBackend, Request
-from mmw2s.synthesize.cache import cache_key
+from mmw2s.models.openai_client import cache_key
 from mmw2s.synthesize.captions import parse_caption
 from mmw2s.synthesize.config import ApiConfig, SynthesizeConfig
 from mmw2s.synthesize.run import run

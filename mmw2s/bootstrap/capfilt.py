@@ -33,10 +33,10 @@ if TYPE_CHECKING:  # the models package loads torch, transformers and open_clip:
 class Preprocessor:
     """Images -> `{"captioner": {name: tensor}, "filter": (B,3,H',W')}` CPU tensors."""
 
-    def __init__(self, captioner_inputs: Any, filter_inputs: Any, safety_processor: Any = None):
+    def __init__(self, captioner_inputs: Any, filter_inputs: Any, safety_inputs: Any = None):
         self.captioner_inputs = captioner_inputs  # the captioner's input_builder(); None: filter only
         self.filter_inputs = filter_inputs  # the filter's input_builder()
-        self.safety_processor = safety_processor  # the safety classifier's HF image processor, if any
+        self.safety_inputs = safety_inputs  # the safety classifier's input_builder(), if any
 
     def __call__(self, images: list) -> dict:
         rgb = [im.convert("RGB") for im in images]
@@ -44,8 +44,8 @@ class Preprocessor:
         if self.captioner_inputs is not None:
             out["captioner"] = self.captioner_inputs(rgb)
         out["filter"] = self.filter_inputs(rgb)  # (B, 3, H, W)
-        if self.safety_processor is not None:
-            out["safety"] = self.safety_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        if self.safety_inputs is not None:
+            out["safety"] = self.safety_inputs(rgb)
         return out
 
 
@@ -69,8 +69,8 @@ class CapFilt:
             if model is not None:
                 model.eval()
         inputs = captioner.input_builder() if captioner is not None else None
-        safety_processor = safety.image_processor if safety is not None else None
-        self.preprocessor = Preprocessor(inputs, filt.input_builder(), safety_processor)
+        safety_inputs = safety.input_builder() if safety is not None else None
+        self.preprocessor = Preprocessor(inputs, filt.input_builder(), safety_inputs)
 
     @classmethod
     def from_config(cls, cfg: BootstrapConfig, device: Any) -> "CapFilt":
@@ -112,7 +112,7 @@ class CapFilt:
     def provenance(self, cfg: BootstrapConfig) -> dict:
         """The fixed fields of every sample's `mmw2s` block."""
         captioner = {"name": self.captioner_name, "decoding": asdict(self.decoding)}
-        if hasattr(self.captioner, "provenance"):  # prompted VLMs: prompt, chat template, revision
+        if self.captioner is not None:  # a prompted VLM adds its prompt and template, an endpoint its server
             captioner.update(self.captioner.provenance())
         block = {"captioner": captioner, "filter": {"name": self.filter.name, "mode": self.filter.mode}, "seed": cfg.seed}
         if self.safety is not None:
@@ -134,7 +134,7 @@ class CapFilt:
 
     def close(self) -> None:
         """Release what the models hold outside this process (an endpoint's server and threads)."""
-        if hasattr(self.captioner, "close"):
+        if self.captioner is not None:
             self.captioner.close()
         if self.rewriter is not None and self.rewriter.session is not getattr(self.captioner, "session", None):
             self.rewriter.session.close()
@@ -161,8 +161,8 @@ class CapFilt:
         d = self.decoding
         if self.captioner is None:
             return [[] for _ in range(len(inputs["filter"]))]
-        # an endpoint reads the original image bytes (`stages.caption_batch` adds them), others tensors
-        encoded = getattr(self.captioner, "inputs", "tensors") == "encoded"
+        # an endpoint reads the original image bytes (`pipeline.caption_batch` adds them), others tensors
+        encoded = self.captioner.inputs == "encoded"
         with self._autocast():
             return self.captioner.caption(
                 inputs["images"] if encoded else inputs["captioner"], num_captions=d.num_captions, method=d.method, top_p=d.top_p, num_beams=d.num_beams,

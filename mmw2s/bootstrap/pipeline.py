@@ -239,7 +239,7 @@ class Selection:
     nothing_kept: str = "drop"  # "drop" the sample, or "flag" it (.txt = its web caption, json says so)
 
 
-# the last three come from an endpoint captioner (`models.captioner_protocol.InvalidCaption`)
+# the last three come from an endpoint captioner (`models.captioners.protocol.InvalidCaption`)
 INVALID_REASONS = ("empty", "special_tokens", "prompt", "refused", "malformed", "rejected")
 _MARKUP_ONLY = re.compile(rf"(?:\s*{MARKUP.pattern})+\s*")
 

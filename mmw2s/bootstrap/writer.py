@@ -193,6 +193,6 @@ def write_stage(items: Iterable[DecidedEvent], outputs: ShardOutputs) -> Iterato
             continue
         if isinstance(item, Skip):
             outputs.skip(item)
-        else:
+        elif isinstance(item, OutputSample):
             outputs.write(item)
         yield item

@@ -11,7 +11,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from mmw2s.data_pipelines.benchmarks import CAPTIONING, RETRIEVAL, SELECTION, Example, load_benchmark
+from mmw2s.data_pipelines.benchmarks import load_benchmark
+from mmw2s.data_pipelines.benchmark_types import CAPTIONING, RETRIEVAL, SELECTION, Example
 from mmw2s.data_pipelines.image_hash import HashIndex, phash
 
 from mmw2s.curate.config import DecontamConfig

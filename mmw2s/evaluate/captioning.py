@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import torch
 
-from mmw2s.data_pipelines.benchmarks import Benchmark, Example
+from mmw2s.data_pipelines.benchmark_types import Benchmark, Example
 from mmw2s.data_pipelines.caption_benchmarks import COCO_SYNONYMS, CaptionBenchmark, CaptionItem
 from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.evaluate import caption_metrics as CM

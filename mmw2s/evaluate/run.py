@@ -15,14 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from mmw2s.data_pipelines.benchmarks import Benchmark, check_benchmark, load_benchmark, load_world_test, world_suite
+from mmw2s.data_pipelines.benchmarks import check_benchmark, load_benchmark, load_world_test, world_suite
+from mmw2s.data_pipelines.benchmark_types import Benchmark
 from mmw2s.data_pipelines import StateFileError, read_state_json, write_json_atomic
 from mmw2s.config import save_config
 from mmw2s.errors import InputError
 from mmw2s.report.tables import results_table
 from mmw2s.evaluate.config import EvalConfig, ModelEntry, PairwiseConfig, VqaConfig
 from mmw2s.evaluate.scorers import PairwiseScorer, Scorer
-from mmw2s.evaluate.tasks import Skipped, TaskSettings, run_task
+from mmw2s.evaluate.common import Skipped
+from mmw2s.evaluate.tasks import TaskSettings, run_task
 from mmw2s.evaluate.vqa import vqa_benchmark
 
 log = logging.getLogger(__name__)

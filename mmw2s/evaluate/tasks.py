@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import torch
 
-from mmw2s.data_pipelines.benchmarks import CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example
+from mmw2s.data_pipelines.benchmark_types import CAPTIONING, CLASSIFICATION, RETRIEVAL, SELECTION, Benchmark, Example
 from mmw2s.data_pipelines.caption_benchmarks import CAPTIONING_TASK
 from mmw2s.evaluate import metrics as M
 from mmw2s.evaluate.captioning import evaluate_captioning

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from mmw2s.data_pipelines.benchmarks import Benchmark, Example
+from mmw2s.data_pipelines.benchmark_types import Benchmark, Example
 from mmw2s.data_pipelines.vqa import QUESTION_TYPES, suite_from_shards, vqa_accuracy
 from mmw2s.evaluate.common import Skipped, batched
 from mmw2s.evaluate.scorers import Scorer

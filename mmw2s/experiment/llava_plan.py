@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmw2s.config import ConfigError
-from mmw2s.experiment.planner import Planner, Step, Teachers, final, merge, plan_filter_only, plan_teachers
+from mmw2s.config import ConfigError, deep_merge
+from mmw2s.experiment.planner import Planner, Step, Teachers, final, plan_filter_only, plan_teachers
 from mmw2s.experiment.settings import ExperimentSettings
 
 STAGE_SECTIONS = ("stage1", "stage2")
@@ -66,7 +66,7 @@ def _caption_sources(p: Planner, cfg: ExperimentSettings, seed: int, t: Teachers
                "bootstrapped": (str(t.bootstrap.out / "shards"), t.bootstrap)}
     if "gold" in cfg.students:
         # Same seed, noise off: the same web images with their gold caption as alt-text.
-        gold = merge(cfg.world, {"seed": seed, "noise": NOISE_OFF, "bias": {"rate": 0.0},
+        gold = deep_merge(cfg.world, {"seed": seed, "noise": NOISE_OFF, "bias": {"rate": 0.0},
                                  "clean": {"samples": 0}, "test": {"samples": 0}})
         gold_world = p.add("world_gold", "world", WorldConfig, gold, "world")
         sources["gold"] = (str(gold_world.out / "web"), gold_world)
@@ -84,7 +84,7 @@ def _plan_vision_tower(p: Planner, cfg: ExperimentSettings, seed: int, t: Teache
     if not cfg.llava_vision:
         return t.filter
     return p.add("vision_tower", "train", TrainConfig,
-                 merge(cfg.llava_vision, {"task": "clip", "data": str(t.world.out / "clean"), "seed": seed}),
+                 deep_merge(cfg.llava_vision, {"task": "clip", "data": str(t.world.out / "clean"), "seed": seed}),
                  "llava_vision", [t.world])
 
 
@@ -96,15 +96,15 @@ def _plan_student(p: Planner, cfg: ExperimentSettings, seed: int, name: str, cap
     from mmw2s.train.config import TrainConfig
 
     syn = p.add(f"synthesize_{name}", "synthesize", SynthesizeConfig,
-                merge(cfg.synthesize, {"input": captions, "seed": seed}), "synthesize", [source])
+                deep_merge(cfg.synthesize, {"input": captions, "seed": seed}), "synthesize", [source])
     spec = {"vision_source": "open_clip", "vision_tower": f"local-dir:{final(tower)}", "vision_pretrained": None,
             "seed": seed}
     stages = cfg.llava_student
     one = p.add(f"student_{name}_stage1", "train", TrainConfig,
-                merge(stages.get("stage1", {}), {"task": "llava", "llava_stage": 1, "data": syn.cfg.out,
+                deep_merge(stages.get("stage1", {}), {"task": "llava", "llava_stage": 1, "data": syn.cfg.out,
                                                  "seed": seed, "llava": spec}), "llava_student.stage1", [syn, tower])
     return p.add(f"student_{name}", "train", TrainConfig,
-                 merge(stages.get("stage2", {}), {"task": "llava", "llava_stage": 2, "data": syn.cfg.out,
+                 deep_merge(stages.get("stage2", {}), {"task": "llava", "llava_stage": 2, "data": syn.cfg.out,
                                                   "seed": seed, "init_from": final(one)}),
                  "llava_student.stage2", [syn, one])
 
@@ -116,5 +116,5 @@ def _plan_eval(p: Planner, cfg: ExperimentSettings, t: Teachers, students: dict[
     models = [{"name": "weak_captioner", "kind": "captioner", "path": final(t.captioner)}]
     models += [{"name": f"student_{n}", "kind": "llava", "path": final(s)} for n, s in students.items()]
     defaults = {"benchmarks": ["world:vqa"]}
-    return p.add_eval(EvalConfig, merge(merge(defaults, cfg.eval), {"world": str(t.world.out), "models": models}),
+    return p.add_eval(EvalConfig, deep_merge(deep_merge(defaults, cfg.eval), {"world": str(t.world.out), "models": models}),
                       [t.world], [t.captioner, *students.values()])

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmw2s.config import build, set_dotted, to_dict
+from mmw2s.config import build, deep_merge, set_dotted, to_dict
 from mmw2s.experiment.llava_plan import plan_llava_seed
-from mmw2s.experiment.planner import (Planner, Step, Teachers, clip_filter, final, merge, plan_filter_only,
+from mmw2s.experiment.planner import (Planner, Step, Teachers, clip_filter, final, plan_filter_only,
                                      plan_teachers)
 from mmw2s.experiment.settings import ExperimentSettings
 
@@ -44,7 +44,7 @@ def plan_seed(cfg: ExperimentSettings, source: str, seed: int) -> list[Step]:
     models += [{"name": _model_name(n), "kind": "captioner" if is_captioner(n) else "dual_encoder",
                 "path": final(s)} for n, s in students.items()]
     scorer = _clip_score_model(cfg, t)
-    p.add_eval(EvalConfig, merge(cfg.eval, {"world": str(t.world.out), "models": models, **scorer}),
+    p.add_eval(EvalConfig, deep_merge(cfg.eval, {"world": str(t.world.out), "models": models, **scorer}),
                [t.world, t.filter] if scorer else [t.world], [t.captioner, t.filter, *students.values()])
     for b in [s for s in p.steps if s.stage == "bootstrap"]:
         p.add_audit(AuditConfig, b)
@@ -80,7 +80,7 @@ def _model_name(student: str) -> str:
 def _student_data(p: Planner, cfg: ExperimentSettings, t: Teachers) -> dict[str, tuple[str, dict, Step]]:
     """`{kind: (shards, text section, the step that wrote the shards)}` of the training data each
     kind of student reads."""
-    boot_text = merge({"source": "txt"}, cfg.bootstrapped_text)
+    boot_text = deep_merge({"source": "txt"}, cfg.bootstrapped_text)
     data = {"web": (str(t.world.out / "web"), {"source": "txt"}, t.world),
             "bootstrapped": (str(t.bootstrap.out / "shards"), boot_text, t.bootstrap),
             "gold": (str(t.world.out / "web"), {"source": "gold"}, t.world)}
@@ -99,9 +99,9 @@ def _plan_student(p: Planner, cfg: ExperimentSettings, name: str, shards: str, t
 
     fixed = {"data": shards, "seed": seed, "text": text, "reads_truth": text.get("source") == "gold"}
     if is_captioner(name):
-        section = merge(merge(cfg.weak_captioner, cfg.captioner_student), {"task": "captioner", **fixed})
+        section = deep_merge(deep_merge(cfg.weak_captioner, cfg.captioner_student), {"task": "captioner", **fixed})
         return p.add(name + suffix, "train", TrainConfig, section, "captioner_student", [source])
-    return p.add(f"student_{name}{suffix}", "train", TrainConfig, merge(cfg.student, {"task": "clip", **fixed}),
+    return p.add(f"student_{name}{suffix}", "train", TrainConfig, deep_merge(cfg.student, {"task": "clip", **fixed}),
                  "student", [source])
 
 
@@ -118,7 +118,7 @@ def _plan_rounds(p: Planner, cfg: ExperimentSettings, t: Teachers, students: dic
 
     out: dict[str, Step] = {}
     clip, captioner = students.get("bootstrapped"), students.get("captioner_bootstrapped")
-    text = merge({"source": "txt"}, cfg.bootstrapped_text)
+    text = deep_merge({"source": "txt"}, cfg.bootstrapped_text)
     for r in range(2, cfg.rounds + 1):
         assert clip is not None  # validate() requires the bootstrapped CLIP student for rounds > 1
         filter_from, captioner_from = clip, captioner
@@ -127,7 +127,7 @@ def _plan_rounds(p: Planner, cfg: ExperimentSettings, t: Teachers, students: dic
         captioner_from = captioner_from or t.captioner
         teachers = {"filter": clip_filter(final(filter_from)), "captioner": {"name": final(captioner_from)}}
         boot = p.add(f"bootstrap_r{r}", "bootstrap", BootstrapConfig,
-                     merge(cfg.bootstrap, merge(t.boot_common, teachers)), "bootstrap",
+                     deep_merge(cfg.bootstrap, deep_merge(t.boot_common, teachers)), "bootstrap",
                      [t.world, filter_from, captioner_from])
         shards = str(boot.out / "shards")
         clip = out[f"bootstrapped_r{r}"] = _plan_student(p, cfg, "bootstrapped", shards, text, boot, seed, f"_r{r}")
@@ -150,11 +150,11 @@ def _plan_finetunes(p: Planner, cfg: ExperimentSettings, t: Teachers, clip: Step
 
     clean = {"data": str(t.world.out / "clean"), "seed": seed, "text": {"source": "txt"}, "reads_truth": False}
     dual = {"arch": f"local-dir:{final(clip)}", "pretrained": None, "image_tower_weights": None}
-    section = merge(merge(cfg.student, cfg.renew_finetune), {"task": "clip", "dual_encoder": dual, **clean})
+    section = deep_merge(deep_merge(cfg.student, cfg.renew_finetune), {"task": "clip", "dual_encoder": dual, **clean})
     new_filter = p.add(f"filter_finetune_r{r}", "train", TrainConfig, section, "renew_finetune", [t.world, clip])
     if captioner is None:
         return new_filter, None
-    section = merge(merge(merge(cfg.weak_captioner, cfg.captioner_student), cfg.renew_finetune),
+    section = deep_merge(deep_merge(deep_merge(cfg.weak_captioner, cfg.captioner_student), cfg.renew_finetune),
                     {"task": "captioner", "captioner": {"name": final(captioner)}, **clean})
     return new_filter, p.add(f"captioner_finetune_r{r}", "train", TrainConfig, section, "renew_finetune",
                              [t.world, captioner])

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mmw2s.config import build
-from mmw2s.config import deep_merge as merge  # section keys win over the run's defaults
+from mmw2s.config import deep_merge  # section keys win over the run's defaults
 from mmw2s.experiment.settings import ExperimentSettings
 
-__all__ = ["EVAL_MODEL", "Step", "Planner", "Teachers", "config_key", "final", "merge", "plan_teachers",
+__all__ = ["EVAL_MODEL", "Step", "Planner", "Teachers", "config_key", "final", "plan_teachers",
            "clip_filter", "plan_filter_only", "steps_to_run"]
 
 EVAL_MODEL = "eval_model"  # the stage of one model's part of an eval (`Planner.add_eval`)
@@ -131,14 +131,14 @@ def plan_teachers(p: Planner, cfg: ExperimentSettings, seed: int) -> Teachers:
     from mmw2s.bootstrap.config import BootstrapConfig
     from mmw2s.train.config import TrainConfig
 
-    world = p.add("world", "world", WorldConfig, merge(cfg.world, {"seed": seed}), "world")
+    world = p.add("world", "world", WorldConfig, deep_merge(cfg.world, {"seed": seed}), "world")
     captioner = _plan_captioner(p, cfg, world, seed, TrainConfig)
     filt = p.add("weak_filter", "train", TrainConfig,
-                 merge(cfg.weak_filter, {"task": "clip", "data": str(world.out / "clean"), "seed": seed}),
+                 deep_merge(cfg.weak_filter, {"task": "clip", "data": str(world.out / "clean"), "seed": seed}),
                  "weak_filter", [world])
     boot_common = {"input": str(world.out / "web"), "seed": seed, "filter": clip_filter(final(filt))}
     boot = p.add("bootstrap", "bootstrap", BootstrapConfig,
-                 merge(cfg.bootstrap, merge(boot_common, {"captioner": {"name": final(captioner)}})),
+                 deep_merge(cfg.bootstrap, deep_merge(boot_common, {"captioner": {"name": final(captioner)}})),
                  "bootstrap", [world, filt, captioner])
     return Teachers(world, captioner, filt, boot_common, boot)
 
@@ -148,19 +148,19 @@ def plan_filter_only(p: Planner, cfg: ExperimentSettings, t: Teachers) -> Step:
     from mmw2s.bootstrap.config import BootstrapConfig
 
     return p.add("filter_only", "bootstrap", BootstrapConfig,
-                 merge(cfg.bootstrap, merge(t.boot_common, {"decoding": {"num_captions": 0}})), "bootstrap",
+                 deep_merge(cfg.bootstrap, deep_merge(t.boot_common, {"decoding": {"num_captions": 0}})), "bootstrap",
                  [t.world, t.filter])
 
 
 def _plan_captioner(p: Planner, cfg: ExperimentSettings, world: Step, seed: int, schema: type) -> Step:
     """The weak captioner: optionally pre-trained on raw web alt-text, then fine-tuned on clean."""
-    base = merge(cfg.weak_captioner, {"task": "captioner", "seed": seed})
+    base = deep_merge(cfg.weak_captioner, {"task": "captioner", "seed": seed})
     needs = [world]
     if cfg.captioner_pretrain_steps:
         pre = p.add("captioner_pretrain", "train", schema,
-                    merge(base, {"data": str(world.out / "web"), "steps": cfg.captioner_pretrain_steps,
+                    deep_merge(base, {"data": str(world.out / "web"), "steps": cfg.captioner_pretrain_steps,
                                  "text": {"source": "txt"}}), "weak_captioner", [world])
-        base = merge(base, {"captioner": {"name": final(pre)}})
+        base = deep_merge(base, {"captioner": {"name": final(pre)}})
         needs.append(pre)
-    return p.add("weak_captioner", "train", schema, merge(base, {"data": str(world.out / "clean")}),
+    return p.add("weak_captioner", "train", schema, deep_merge(base, {"data": str(world.out / "clean")}),
                  "weak_captioner", needs)

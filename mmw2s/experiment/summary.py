@@ -17,7 +17,8 @@ from typing import Any
 from mmw2s.data_pipelines import write_json_atomic
 from mmw2s.experiment.captioning import captioning_results, round_rows
 from mmw2s.experiment.config import ExperimentConfig
-from mmw2s.experiment.plan import Step, Variant
+from mmw2s.experiment.plan import Variant
+from mmw2s.experiment.planner import Step
 from mmw2s.report.experiment import (CEILING, WEAK, Results, print_headline, report_markdown, sweep_bias_table,
                                      sweep_markdown, sweep_table)
 from mmw2s.report.plots import plot_curves, plot_lines, plot_pgr, plot_rounds

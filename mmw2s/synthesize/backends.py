@@ -22,7 +22,7 @@ import numpy as np
 from mmw2s.data_pipelines.instructions import turns_to_json
 from mmw2s.models.openai_client import ChatClient, RetryPolicy
 
-from mmw2s.synthesize.cache import ResponseCache, cache_key
+from mmw2s.models.openai_client import ResponseCache, cache_key
 from mmw2s.synthesize.captions import ParsedCaption
 from mmw2s.synthesize.config import ApiConfig, LocalConfig
 from mmw2s.synthesize.prompts import LlmPrompt

@@ -31,7 +31,7 @@ from mmw2s.errors import StageError
 from mmw2s.run_folder import hold_run_folder, input_urls, make_run_folder
 from mmw2s.synthesize.backends import ApiBackend, LocalBackend, Request, Response, TemplateBackend, \
     request_seed, usage_cost
-from mmw2s.synthesize.cache import ResponseCache
+from mmw2s.models.openai_client import ResponseCache
 from mmw2s.synthesize.captions import parse_caption
 from mmw2s.synthesize.config import SynthesizeConfig
 from mmw2s.synthesize.prompts import build_context, load_llm_prompts, load_wording

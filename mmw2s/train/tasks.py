@@ -33,7 +33,8 @@ from mmw2s.train.conversations import llava_sources, stage1_turns, stage2_select
 from mmw2s.train.texts import TextSelector, mix_pools, public_meta
 from mmw2s.models.captioners.build import build_captioner, list_captioners
 from mmw2s.models.captioners.protocol import NotTrainableError, require_trainable
-from mmw2s.models.captioners.blip_ved import BlipVedCaptioner, processor_pixels
+from mmw2s.models.captioners.blip_ved import BlipVedCaptioner
+from mmw2s.models.image_inputs import ProcessorPixels
 from mmw2s.models.dual_encoders import DualEncoder, build_dual_encoder
 from mmw2s.models.llava import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, LlavaStudent, images_to_tensor, registered_lms
 from mmw2s.models.losses import build_loss
@@ -90,7 +91,7 @@ class CaptionerTask:
         self.captioner = require_trainable(captioner, "mmw2s train task=captioner")
         self.module = self.captioner.model
         # the captioner's own image preprocessing, as a picklable callable for the DataLoader workers
-        self.images_to_tensor = functools.partial(processor_pixels, self.captioner.image_processor)
+        self.images_to_tensor = ProcessorPixels(self.captioner.image_processor)
 
     def attach(self, prepared: torch.nn.Module) -> None:
         """Route the captioner's forward passes through the prepared (e.g. DDP) module."""

@@ -41,6 +41,8 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..image_inputs import ProcessorPixels
+
 from .generation import decoding_kwargs, seeded
 
 BLIP, VED = "blip", "vision-encoder-decoder"
@@ -77,7 +79,7 @@ class BlipVedCaptioner:
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> normalized pixel tensor ``(B, 3, H, W)`` on the model's device."""
-        return processor_pixels(self.image_processor, images).to(self.device)
+        return ProcessorPixels(self.image_processor)(images).to(self.device)
 
     def input_builder(self) -> PixelInputs:
         """Images -> ``{"pixel_values": (B, 3, H, W)}`` on CPU; holds no model (data-loader workers)."""
@@ -233,12 +235,6 @@ class BlipVedCaptioner:
         return getattr(self.model, "module", self.model)
 
 
-def processor_pixels(image_processor: Any, images: list[Image.Image]) -> torch.Tensor:
-    """PIL images -> normalized pixel tensor ``(B, 3, H, W)`` on CPU, by one HF image processor."""
-    rgb = [im.convert("RGB") for im in images]
-    return image_processor(images=rgb, return_tensors="pt")["pixel_values"]
-
-
 class PixelInputs:
     """Images -> ``{"pixel_values": (B, 3, H, W)}`` with one image processor (BLIP, VED)."""
 
@@ -246,7 +242,7 @@ class PixelInputs:
         self.image_processor = image_processor
 
     def __call__(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        return {"pixel_values": processor_pixels(self.image_processor, images)}
+        return {"pixel_values": ProcessorPixels(self.image_processor)(images)}
 
 
 def _special_ids(model: PreTrainedModel) -> tuple[int, int, int]:

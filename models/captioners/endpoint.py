@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .protocol import EncodedImage
-from ..endpoint_session import EndpointError, EndpointSession
+from ..endpoint_session import EndpointSession
 from ..specs import EndpointSpec
 
-__all__ = ["EndpointCaptioner", "EndpointError", "data_url", "decoding_params"]
+__all__ = ["EndpointCaptioner", "data_url", "decoding_params"]
 
 MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
         "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}

@@ -17,8 +17,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from ..dual_encoders import DualEncoder, build_dual_encoder
-from .blip_itm import BlipItmFilter, build_itm_filter
+from ..dual_encoders import build_dual_encoder
+from .blip_itm import build_itm_filter
 from ..specs import DualEncoderSpec, ItmSpec
 
 
@@ -53,7 +53,7 @@ class ScoredRows(list):
 
 def build_filter(
     spec: DualEncoderSpec | ItmSpec, train_captions: Iterable[str] | None = None
-) -> DualEncoder | BlipItmFilter:
+) -> CaptionFilter:
     """A CLIP-score filter for a ``DualEncoderSpec``, a BLIP ITM/ITC filter for an ``ItmSpec``.
 
     ``train_captions`` is only needed to build a from-scratch BLIP filter's vocabulary.

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from ..captioners.build import captioner_config, list_captioners
+from ..image_inputs import ProcessorPixels
 from ..specs import ItmSpec
 from ..tokenizers import CLS, PAD, SEP, build_word_tokenizer
 
@@ -192,12 +193,3 @@ def build_itm_filter(spec: ItmSpec, train_captions: Iterable[str] | None = None)
     return BlipItmFilter(model, tokenizer, processor, mode=spec.mode, max_length=spec.max_length, name=spec.name)
 
 
-class ProcessorPixels:
-    """PIL images -> ``(B, 3, H, W)`` CPU pixels with one HF image processor; picklable, no model."""
-
-    def __init__(self, image_processor) -> None:
-        self.image_processor = image_processor
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        rgb = [im.convert("RGB") for im in images]
-        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
