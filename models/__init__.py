@@ -30,7 +30,7 @@ _EXPORTS = {
     "EndpointCaptioner": "captioners.endpoint", "DECODING_METHODS": "captioners.generation",
     "DualEncoder": "dual_encoders", "build_dual_encoder": "dual_encoders",
     "list_dual_encoders": "dual_encoders",
-    "CaptionFilter": "filters", "build_filter": "filters", "score_candidates": "filters",
+    "CaptionFilter": "filters.protocol", "build_filter": "filters", "score_candidates": "filters.scoring",
     "BlipItmFilter": "filters.blip_itm", "build_itm_filter": "filters.blip_itm",
     "LOSSES": "losses", "aux_confidence_coef": "losses",
     "aux_confidence_contrastive_loss": "losses", "build_loss": "losses",

@@ -48,7 +48,7 @@ class DualEncoder:
 
     ``model`` is the ``torch.nn.Module`` to train: ``model(pixel_values, tokens)`` returns a dict
     with normalized ``image_features`` / ``text_features`` and the exponentiated ``logit_scale``
-    (feed them to ``models.losses``). It is also a caption filter (``models.filters.CaptionFilter``):
+    (feed them to ``models.losses``). It is also a caption filter (``models.filters.protocol.CaptionFilter``):
     the CLIP score, cosine of image and text embeddings.
     """
 

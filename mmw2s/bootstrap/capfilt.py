@@ -9,7 +9,7 @@
 - `caption(inputs, seed)`: N synthetic captions per image, seeded per batch (N = 0: no captioner
   at all, the web captions are only filtered, the "filtered" baseline);
 - `score(inputs, texts)`: a score per (image, candidate caption), each image encoded ONCE for its
-  web caption and all its synthetic captions (`models.filters.score_candidates`). The rows also
+  web caption and all its synthetic captions (`models.filters.scoring.score_candidates`). The rows also
   say which captions the filter truncated to its own text length (`ScoredRows.truncated`): long
   VLM captions are scored on their first tokens only, and the stats count how often.
 """
@@ -27,7 +27,7 @@ from mmw2s.bootstrap.config import BootstrapConfig, checkpoint_names
 from mmw2s.errors import StageError
 
 if TYPE_CHECKING:  # the models package loads torch, transformers and open_clip: on first use only
-    from mmw2s.models.filters import ScoredRows
+    from mmw2s.models.filters.scoring import ScoredRows
 
 
 class Preprocessor:
@@ -171,7 +171,7 @@ class CapFilt:
     @torch.inference_mode()
     def score(self, inputs: dict, texts: list[list[str]]) -> ScoredRows:
         """The filter score of every candidate caption of every image, in the given order."""
-        from mmw2s.models.filters import score_candidates
+        from mmw2s.models.filters.scoring import score_candidates
 
         pixels = inputs["filter"].to(self.device, non_blocking=True)  # (B, 3, H, W)
         with self._autocast():

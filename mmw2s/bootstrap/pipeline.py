@@ -223,7 +223,7 @@ def score_stage(items: Iterable[BatchEvent], score: ScoreFn) -> Iterator[BatchEv
                 raise RuntimeError("the filter returned a score table of the wrong shape")
             item.web_scores = [float(r[0]) for r in rows]
             item.synthetic_scores = [[float(x) for x in r[1:]] for r in rows]
-            item.truncated = getattr(rows, "truncated", None)  # `models.filters.ScoredRows` says, a fake need not
+            item.truncated = getattr(rows, "truncated", None)  # `models.filters.scoring.ScoredRows` says, a fake need not
         yield item
 
 
