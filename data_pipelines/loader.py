@@ -21,14 +21,14 @@ from typing import Any, Callable, Iterable, Iterator
 import webdataset as wds
 
 from mmw2s.data_pipelines.replay import ShardReplay
-from mmw2s.data_pipelines.sample_decode import ReadLimits, Skip
+from mmw2s.data_pipelines.sample_decode import DecodedSample, ReadLimits, Skip
 from mmw2s.data_pipelines.shard_errors import CurrentShard
 from mmw2s.data_pipelines.tar_reader import ShardEnd, shard_events
 from mmw2s.data_pipelines.urls import expand_urls
 
 
 def iter_samples(urls: str | Iterable[str], limits: ReadLimits = ReadLimits(),
-                 on_shard_end: Callable[[ShardEnd], None] | None = None) -> Iterator[dict]:
+                 on_shard_end: Callable[[ShardEnd], None] | None = None) -> Iterator[DecodedSample]:
     """Good samples of every shard in order, in this process; skips are counted per shard.
 
     `on_shard_end` receives each shard's `ShardEnd` (counts, damage) as the shard finishes.

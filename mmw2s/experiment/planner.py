@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mmw2s.config import build
-from mmw2s.config import deep_merge  # section keys win over the run's defaults
+from mmw2s.config import build, deep_merge
 from mmw2s.experiment.settings import ExperimentSettings
 
 __all__ = ["EVAL_MODEL", "Step", "Planner", "Teachers", "config_key", "final", "plan_teachers",
