@@ -26,6 +26,13 @@ SUBSECTIONS = "keys_under"
 REQUIRED = "(required)"
 
 
+def section(of: str, help: str, under: tuple[str, ...] = ()) -> Any:  # noqa: A002 - the metadata key
+    """A `dict[str, Any]` field holding the keys of another schema (`of`: a command name, or
+    `module:Class`), or, with `under`, sub-sections that each hold them; empty by default."""
+    metadata = {SECTION: of, "help": help, **({SUBSECTIONS: under} if under else {})}
+    return dataclasses.field(default_factory=dict, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class KeyRow:
     """One config key: `type` is a readable name, `allowed` the values a Literal admits."""

@@ -23,7 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-WEAK = ("weak_captioner", "weak_filter")
+from mmw2s.report import stats  # noqa: E402
+from mmw2s.report.experiment import WEAK  # noqa: E402
 
 
 def load(spec: str) -> tuple[str, dict]:
@@ -32,8 +33,9 @@ def load(spec: str) -> tuple[str, dict]:
 
 
 def best_weak(report: dict, suite: str) -> float | None:
-    means = [report["aggregate"][m][suite][0] for m in WEAK if suite in report["aggregate"].get(m, {})]
-    return max(means) if means else None
+    """The better weak teacher's mean over seeds on `suite` (report.json's `aggregate`: [mean, std, n])."""
+    means = {model: {s: agg[0] for s, agg in suites.items()} for model, suites in report["aggregate"].items()}
+    return stats.best_weak(means, WEAK, suite)
 
 
 ROUND_METRICS = ("CLIP student mean accuracy", "filter precision", "filter recall")

@@ -67,7 +67,7 @@ def _caption_sources(p: Planner, cfg: ExperimentSettings, seed: int, t: Teachers
     if "gold" in cfg.students:
         # Same seed, noise off: the same web images with their gold caption as alt-text.
         gold = deep_merge(cfg.world, {"seed": seed, "noise": NOISE_OFF, "bias": {"rate": 0.0},
-                                 "clean": {"samples": 0}, "test": {"samples": 0}})
+                                      "clean": {"samples": 0}, "test": {"samples": 0}})
         gold_world = p.add("world_gold", "world", WorldConfig, gold, "world")
         sources["gold"] = (str(gold_world.out / "web"), gold_world)
     if "filtered" in cfg.students:
@@ -102,10 +102,11 @@ def _plan_student(p: Planner, cfg: ExperimentSettings, seed: int, name: str, cap
     stages = cfg.llava_student
     one = p.add(f"student_{name}_stage1", "train", TrainConfig,
                 deep_merge(stages.get("stage1", {}), {"task": "llava", "llava_stage": 1, "data": syn.cfg.out,
-                                                 "seed": seed, "llava": spec}), "llava_student.stage1", [syn, tower])
+                                                      "seed": seed, "llava": spec}),
+                "llava_student.stage1", [syn, tower])
     return p.add(f"student_{name}", "train", TrainConfig,
                  deep_merge(stages.get("stage2", {}), {"task": "llava", "llava_stage": 2, "data": syn.cfg.out,
-                                                  "seed": seed, "init_from": final(one)}),
+                                                       "seed": seed, "init_from": final(one)}),
                  "llava_student.stage2", [syn, one])
 
 
@@ -116,5 +117,5 @@ def _plan_eval(p: Planner, cfg: ExperimentSettings, t: Teachers, students: dict[
     models = [{"name": "weak_captioner", "kind": "captioner", "path": final(t.captioner)}]
     models += [{"name": f"student_{n}", "kind": "llava", "path": final(s)} for n, s in students.items()]
     defaults = {"benchmarks": ["world:vqa"]}
-    return p.add_eval(EvalConfig, deep_merge(deep_merge(defaults, cfg.eval), {"world": str(t.world.out), "models": models}),
-                      [t.world], [t.captioner, *students.values()])
+    section = deep_merge(deep_merge(defaults, cfg.eval), {"world": str(t.world.out), "models": models})
+    return p.add_eval(EvalConfig, section, [t.world], [t.captioner, *students.values()])

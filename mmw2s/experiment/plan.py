@@ -155,7 +155,7 @@ def _plan_finetunes(p: Planner, cfg: ExperimentSettings, t: Teachers, clip: Step
     if captioner is None:
         return new_filter, None
     section = deep_merge(deep_merge(deep_merge(cfg.weak_captioner, cfg.captioner_student), cfg.renew_finetune),
-                    {"task": "captioner", "captioner": {"name": final(captioner)}, **clean})
+                         {"task": "captioner", "captioner": {"name": final(captioner)}, **clean})
     return new_filter, p.add(f"captioner_finetune_r{r}", "train", TrainConfig, section, "renew_finetune",
                              [t.world, captioner])
 

@@ -158,7 +158,7 @@ def _plan_captioner(p: Planner, cfg: ExperimentSettings, world: Step, seed: int,
     if cfg.captioner_pretrain_steps:
         pre = p.add("captioner_pretrain", "train", schema,
                     deep_merge(base, {"data": str(world.out / "web"), "steps": cfg.captioner_pretrain_steps,
-                                 "text": {"source": "txt"}}), "weak_captioner", [world])
+                                      "text": {"source": "txt"}}), "weak_captioner", [world])
         base = deep_merge(base, {"captioner": {"name": final(pre)}})
         needs.append(pre)
     return p.add("weak_captioner", "train", schema, deep_merge(base, {"data": str(world.out / "clean")}),
