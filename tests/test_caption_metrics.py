@@ -425,6 +425,8 @@ def test_captioning_students_are_scored_by_coco_metrics_with_the_weak_filter_as_
     assert "world:captioning" in evaluation.benchmarks
     # no pretrained CLIP offline: the CLIP trained on the clean split scores, not a random ViT-B-32
     assert evaluation.captioning.clip_path == str(Path(steps["weak_filter"].out) / "final")
+    # and the eval's parts wait for it: every part scores captions with it
+    assert all(steps["weak_filter"].out in part.needs for part in steps["eval"].parts)
     own = plan(load_config(ExperimentConfig, experiment, [f"out={tmp_path}", "eval.captioning.clip_path=/my/clip"]))[0]
     assert next(s for s in own if s.name == "eval").cfg.captioning.clip_path == "/my/clip"
     demo = plan(load_config(ExperimentConfig, CONFIG_DIR / "demo.yaml", [f"out={tmp_path}"]))[0]

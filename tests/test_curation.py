@@ -333,7 +333,7 @@ def test_eval_results_say_whether_the_training_data_was_decontaminated(planted, 
     decide, per benchmark, what the eval result records."""
     from mmw2s.bootstrap.config import BootstrapConfig
     from mmw2s.config import save_config
-    from mmw2s.evaluate.run import decontamination
+    from mmw2s.evaluate.run import decontamination, training_data_curation
 
     root, _ = planted
     out, _ = index
@@ -341,10 +341,11 @@ def test_eval_results_say_whether_the_training_data_was_decontaminated(planted, 
     cfg = load_config(BootstrapConfig, None, [f"input={root / 'inputs'}", f"out={run}",
                                               f"curation.index={out / 'index.parquet'}", f"curation.action={action}"])
     save_config(cfg, run)  # what `mmw2s bootstrap` writes first
-    checked = decontamination(str(run), "world:retrieval", "world:retrieval")
+    curation = training_data_curation(str(run))
+    checked = decontamination(str(run), "world:retrieval", "world:retrieval", curation)
     assert checked["checked"] and checked["contaminated_found"] == 3 and checked["action"] == action
     assert checked["decontaminated"] == (action == "drop")  # flagged copies stay in the training data
-    other = decontamination(str(run), "world:color", "world:color")
+    other = decontamination(str(run), "world:color", "world:color", curation)
     assert not other["checked"] and not other["decontaminated"] and other["contaminated_found"] is None
     # the eval writes the same record into each result of a model that names the run
     from mmw2s.evaluate.config import ModelEntry

@@ -17,7 +17,7 @@ from pathlib import Path
 from mmw2s.data_pipelines import RecordLoader, ShardEnd, Skip, expand_urls
 
 from mmw2s.curate.config import CurateConfig, DecontamConfig
-from mmw2s.curate.run import Decider, curate, read_limits
+from mmw2s.curate.run import Decider, HashRecord, curate, read_limits
 
 
 def index_memory(images: int, seed: int = 0) -> dict:
@@ -29,9 +29,9 @@ def index_memory(images: int, seed: int = 0) -> dict:
     tracemalloc.start()
     decider = Decider(cfg, [])
     for i in range(images):
-        decider.decide(f"{i // 10000:05d}", {"key": f"{i:09d}", "sha256": f"{rng.getrandbits(256):064x}",
-                                             "phash": rng.getrandbits(64), "width": 256, "height": 256,
-                                             "caption": None})
+        shard = f"{i // 10000:05d}"
+        decider.decide(shard, HashRecord(url=shard, key=f"{i:09d}", sha256=f"{rng.getrandbits(256):064x}",
+                                         phash=rng.getrandbits(64), width=256, height=256, caption=None))
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"images": images, "kept": len(decider.near), "bytes": current, "peak_bytes": peak,

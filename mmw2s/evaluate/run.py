@@ -152,12 +152,12 @@ def training_data_curation(bootstrap_run: str) -> tuple[dict, dict]:
         raise InputError(f"models[].training_data={bootstrap_run}: its curation report {report}: {exn}") from None
 
 
-def decontamination(bootstrap_run: str, spec: str, name: str, curation: tuple[dict, dict] | None = None) -> dict:
+def decontamination(bootstrap_run: str, spec: str, name: str, curation: tuple[dict, dict]) -> dict:
     """Whether the training data a bootstrap run made was decontaminated against this benchmark:
     its `curation.index` comes from a `mmw2s curate` run that checked the benchmark, and
     `curation.action=drop` removed the copies it found (`flag` keeps them, marked). ``curation``:
-    what `training_data_curation` read, when the caller has it already."""
-    section, checked = curation or training_data_curation(bootstrap_run)
+    what `training_data_curation` read of the run (once per model, for all its benchmarks)."""
+    section, checked = curation
     found = next((b for n, b in checked.items() if n == name or b.get("spec") == spec), None)
     return {"bootstrap_run": str(bootstrap_run), "curation_index": section.get("index"),
             "action": section.get("action"), "checked": found is not None,
